@@ -102,3 +102,5 @@ CREATE INDEX changes_worker ON changes (worker_id, revision);
 CREATE INDEX changes_prev_worker ON changes (prev_worker_id, revision);
 CREATE INDEX changes_session ON changes (session_id, revision);
 CREATE INDEX changes_at ON changes (at);
+
+INSERT INTO meta (epoch) VALUES (gen_random_uuid());

@@ -1,0 +1,26 @@
+# Every target installs what it needs first, so a fresh clone works with one command.
+NODE_TEST := node --import tsx --test --test-concurrency=2 --test-timeout=300000
+UNIT_TESTS := $(wildcard test/*.test.ts test/*/*.test.ts)
+# Suites that run a second time on the embedded database.
+EMBEDDED_TESTS := $(wildcard test/store/*.test.ts test/e2e/*.test.ts)
+
+.PHONY: install run test typecheck demo bench
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: node_modules/.installed
+
+run: install
+	./bin/appproxy-coordinator
+
+typecheck: install
+	npx tsc -p .
+
+test: install typecheck
+	$(NODE_TEST) $(UNIT_TESTS)
+	APPPROXY_TEST_EMBEDDED=1 $(NODE_TEST) $(EMBEDDED_TESTS)
+
+demo: install
+	node --import tsx src/demo/demo.ts

@@ -1,0 +1,148 @@
+import type postgres from 'postgres';
+import type { Logger } from '../log.ts';
+import type { WorkerService } from '../services/workers.ts';
+import { compactChanges } from '../store/changes.ts';
+import type { Sql } from '../store/database.ts';
+
+// Arbitrary fixed key of the advisory lock held by the one coordinator that sweeps.
+const SWEEP_LOCK_KEY = 7_301_002;
+
+export interface SweeperOptions {
+  sql: Sql;
+  workers: WorkerService;
+  log: Logger;
+  heartbeatIntervalMs: number;
+  heartbeatMisses: number;
+  changeLog: { maxAgeMs: number; maxCount: number };
+  compactionIntervalMs: number;
+  /** Whether to take the advisory lock; false only where one coordinator can exist. */
+  useLock: boolean;
+}
+
+/**
+ * Runs the periodic jobs (lost workers, failover, change-log compaction) on
+ * one coordinator at a time, under a session-level advisory lock. A tick never
+ * starts while the previous one runs; one that overruns its period is logged.
+ */
+export class Sweeper {
+  readonly #options: SweeperOptions;
+  readonly #log: Logger;
+  readonly #periodMs: number;
+  #lockConnection: postgres.ReservedSql | null = null;
+  #timer: NodeJS.Timeout | undefined;
+  #isStopped = false;
+  /** Liveness counts only from here: after start, or after the database came back. */
+  #watchingSince = Date.now();
+  #isDatabaseDown = false;
+  #lastCompactionAt = 0;
+
+  constructor(options: SweeperOptions) {
+    this.#options = options;
+    this.#log = options.log;
+    this.#periodMs = Math.max(50, Math.min(1000, options.heartbeatIntervalMs / 4));
+  }
+
+  get isLeader(): boolean {
+    return this.#lockConnection !== null;
+  }
+
+  start(): void {
+    this.#watchingSince = Date.now();
+    this.#schedule(0);
+  }
+
+  async stop(): Promise<void> {
+    this.#isStopped = true;
+    clearTimeout(this.#timer);
+    await this.#releaseLock();
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#isStopped) return;
+    this.#timer = setTimeout(() => void this.#tick(), delayMs);
+  }
+
+  async #tick(): Promise<void> {
+    const startedAt = Date.now();
+    try {
+      if (await this.#holdLock()) await this.#sweep();
+      this.#databaseUp();
+    } catch (error) {
+      this.#databaseDown(error);
+    }
+    const elapsedMs = Date.now() - startedAt;
+    if (elapsedMs > this.#periodMs) {
+      this.#log.warn({ elapsed_ms: elapsedMs, period_ms: this.#periodMs }, 'sweep overran its period; skipped ticks');
+    }
+    this.#schedule(Math.max(0, this.#periodMs - elapsedMs));
+  }
+
+  async #sweep(): Promise<void> {
+    await this.#detectLost();
+    const moved = await this.#options.workers.failOver();
+    if (moved.length > 0) this.#log.info({ routes: moved.length }, 'routes failed over');
+    if (Date.now() - this.#lastCompactionAt >= this.#options.compactionIntervalMs) {
+      this.#lastCompactionAt = Date.now();
+      const deleted = await compactChanges(this.#options.sql, this.#options.changeLog);
+      if (deleted > 0) this.#log.info({ changes: deleted }, 'compacted the change log');
+    }
+  }
+
+  async #detectLost(): Promise<void> {
+    const deadlineMs = this.#options.heartbeatIntervalMs * this.#options.heartbeatMisses;
+    // Heartbeats could not be recorded before this point, so nobody is judged on that gap.
+    if (Date.now() - this.#watchingSince < deadlineMs) return;
+    const cutoff = new Date(Date.now() - deadlineMs);
+    if ((await this.#options.workers.silentWorkers(cutoff)).length === 0) return;
+    for (const worker of await this.#options.workers.markLost(cutoff)) {
+      this.#log.warn(
+        { worker_id: worker.id, authority: worker.authority, deadline_ms: deadlineMs },
+        'worker lost: no heartbeat within the deadline',
+      );
+    }
+  }
+
+  /** Takes the sweep lock if free; returns whether this coordinator holds it. */
+  async #holdLock(): Promise<boolean> {
+    if (!this.#options.useLock) return true;
+    if (this.#lockConnection) {
+      // The lock dies with its connection: check that the connection still works.
+      await this.#lockConnection`SELECT 1`;
+      return true;
+    }
+    const connection = await this.#options.sql.reserve();
+    const [row] = await connection`SELECT pg_try_advisory_lock(${SWEEP_LOCK_KEY}) AS locked`;
+    if (!row.locked) {
+      connection.release();
+      return false;
+    }
+    this.#lockConnection = connection;
+    this.#watchingSince = Date.now();
+    this.#log.info('this coordinator now runs the sweeps');
+    return true;
+  }
+
+  async #releaseLock(): Promise<void> {
+    const connection = this.#lockConnection;
+    this.#lockConnection = null;
+    if (!connection) return;
+    await connection`SELECT pg_advisory_unlock(${SWEEP_LOCK_KEY})`.catch(() => {});
+    connection.release();
+  }
+
+  #databaseUp(): void {
+    if (!this.#isDatabaseDown) return;
+    this.#isDatabaseDown = false;
+    this.#watchingSince = Date.now();
+    this.#log.info('database reachable again; lost-worker checks resume after one deadline');
+  }
+
+  #databaseDown(error: unknown): void {
+    if (!this.#isDatabaseDown) this.#log.error({ err: error }, 'sweep failed: database unreachable');
+    this.#isDatabaseDown = true;
+    // The lock died with its connection, if that broke; take it again later.
+    const connection = this.#lockConnection;
+    this.#lockConnection = null;
+    connection?.release();
+  }
+}

@@ -1,0 +1,104 @@
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import postgres from 'postgres';
+
+export type Sql = postgres.Sql<Record<string, unknown>>;
+export type TransactionSql = postgres.TransactionSql<Record<string, unknown>>;
+/** Either the pool or an open transaction. */
+export type Queryable = Sql | TransactionSql;
+
+export interface DatabaseOptions {
+  /** PostgreSQL URL; when absent an embedded PGlite database runs in `dataDir`. */
+  databaseUrl?: string;
+  dataDir: string;
+  /** Connections in the pool. */
+  poolSize: number;
+  /** How long opening a connection may take before the query fails, in seconds. */
+  connectTimeoutS: number;
+  /** Server-side statement timeout, in milliseconds. */
+  statementTimeoutMs: number;
+}
+
+export interface Database {
+  sql: Sql;
+  /**
+   * True on the embedded database: one process, one connection, and no
+   * LISTEN notifications.
+   */
+  isEmbedded: boolean;
+  /** A description of where the data lives, without credentials. */
+  location: string;
+  close(): Promise<void>;
+}
+
+// bigint columns (revisions, generations, counts) arrive as strings by default;
+// every such value here stays below 2^53, so numbers are exact.
+const bigintAsNumber = {
+  to: 20,
+  from: [20],
+  serialize: (value: number) => String(value),
+  parse: (value: string) => Number(value),
+};
+
+/** Opens PostgreSQL when a URL is given, else an embedded PGlite in the data directory. */
+export async function openDatabase(options: DatabaseOptions): Promise<Database> {
+  if (options.databaseUrl) return openPostgres(options.databaseUrl, options);
+  return openEmbedded(options);
+}
+
+function connect(url: string, options: DatabaseOptions, prepare: boolean): Sql {
+  return postgres(url, {
+    max: options.poolSize,
+    prepare,
+    connect_timeout: options.connectTimeoutS,
+    idle_timeout: 60,
+    onnotice: () => {},
+    types: { bigint: bigintAsNumber },
+    connection: {
+      application_name: 'appproxy-coordinator',
+      statement_timeout: options.statementTimeoutMs,
+    },
+  }) as unknown as Sql;
+}
+
+function openPostgres(url: string, options: DatabaseOptions): Database {
+  const sql = connect(url, options, true);
+  const parsed = new URL(url);
+  return {
+    sql,
+    isEmbedded: false,
+    location: `postgres://${parsed.host}${parsed.pathname}`,
+    close: () => sql.end({ timeout: 5 }),
+  };
+}
+
+async function openEmbedded(options: DatabaseOptions): Promise<Database> {
+  // Loaded only here, so a coordinator on PostgreSQL never loads the WASM build.
+  const { PGlite } = await import('@electric-sql/pglite');
+  const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket');
+  const directory = path.resolve(options.dataDir, 'pglite');
+  await mkdir(directory, { recursive: true });
+  const db = await PGlite.create(directory);
+  const server = new PGLiteSocketServer({
+    db,
+    host: '127.0.0.1',
+    port: 0,
+    maxConnections: 2,
+  });
+  await server.start();
+
+  // PGlite has one backend, and the socket server interleaves the protocol
+  // messages of concurrent connections on it, so one connection serves all.
+  const url = `postgres://postgres@${server.getServerConn()}/postgres`;
+  const sql = connect(url, { ...options, poolSize: 1 }, false);
+  return {
+    sql,
+    isEmbedded: true,
+    location: `embedded PGlite in ${directory}`,
+    close: async () => {
+      await sql.end({ timeout: 5 });
+      await server.stop();
+      await db.close();
+    },
+  };
+}

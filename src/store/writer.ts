@@ -1,0 +1,264 @@
+import type {
+  EventType,
+  PreviousPlacement,
+  Route,
+  WorkerEventSubject,
+} from '../../proto/index.ts';
+import { AppError, ConflictError, DatabaseUnavailableError } from '../errors.ts';
+import type { Sql, TransactionSql } from './database.ts';
+
+/** One row of the change log, exactly as stored. */
+export interface ChangeRecord {
+  revision: number;
+  type: EventType;
+  at: string;
+  route_id: string | null;
+  session_id: string | null;
+  /** The worker the route is on after the change, or the subject of a worker event. */
+  worker_id: string | null;
+  /** The worker the route was on before the change; null for a created route. */
+  prev_worker_id: string | null;
+  prev_revision: number | null;
+  route: Route | null;
+  worker: WorkerEventSubject | null;
+  previous: PreviousPlacement | null;
+  reason: string | null;
+}
+
+export type NewChange = Partial<Omit<ChangeRecord, 'revision' | 'at' | 'type'>> & {
+  type: EventType;
+};
+
+/**
+ * The transaction a write job runs in. It holds the lock on the revision
+ * counter, so revisions handed out here are consecutive and commit in order.
+ */
+export class WriteTx {
+  readonly sql: TransactionSql;
+  readonly epoch: string;
+  readonly now: Date;
+  readonly changes: ChangeRecord[] = [];
+  #revision: number;
+  #reserved: number | null = null;
+
+  constructor(sql: TransactionSql, revision: number, epoch: string, now: Date) {
+    this.sql = sql;
+    this.#revision = revision;
+    this.epoch = epoch;
+    this.now = now;
+  }
+
+  /** The last revision handed out, or the stored one before any. */
+  get revision(): number {
+    return this.#revision;
+  }
+
+  /** Reserves the next revision; the next `record` call must use it. */
+  nextRevision(): number {
+    if (this.#reserved !== null) throw new Error(`Revision ${this.#reserved} was never recorded`);
+    this.#reserved = this.#revision + 1;
+    return this.#reserved;
+  }
+
+  /** Adds a change-log row at the reserved revision (reserving one when none is). */
+  record(change: NewChange): ChangeRecord {
+    const revision = this.#reserved ?? this.nextRevision();
+    this.#reserved = null;
+    this.#revision = revision;
+    const row: ChangeRecord = {
+      revision,
+      at: this.now.toISOString(),
+      route_id: null,
+      session_id: null,
+      worker_id: null,
+      prev_worker_id: null,
+      prev_revision: null,
+      route: null,
+      worker: null,
+      previous: null,
+      reason: null,
+      ...change,
+    };
+    this.changes.push(row);
+    return row;
+  }
+
+  /** Writes the change log, the revision counter and worker targets in one statement. */
+  async finish(): Promise<void> {
+    if (this.#reserved !== null) throw new Error(`Revision ${this.#reserved} was never recorded`);
+    if (this.changes.length === 0) return;
+    const targets = changedTables(this.changes);
+    await this.sql`
+      WITH counter AS (UPDATE meta SET revision = ${this.#revision}),
+      log AS (
+        INSERT INTO changes
+        SELECT * FROM jsonb_populate_recordset(NULL::changes, ${JSON.stringify(this.changes)}::text::jsonb)
+      ),
+      target AS (
+        UPDATE workers w SET target_revision = t.revision
+        FROM jsonb_to_recordset(${JSON.stringify(targets)}::text::jsonb) AS t (id uuid, revision bigint)
+        WHERE w.id = t.id
+      )
+      SELECT pg_notify('appproxy_changes', ${String(this.#revision)})`;
+  }
+}
+
+/** Returns, per worker whose table these changes touch, the last such revision. */
+function changedTables(changes: ChangeRecord[]): Array<{ id: string; revision: number }> {
+  const latest = new Map<string, number>();
+  for (const change of changes) {
+    if (!change.type.startsWith('route.')) continue;
+    if (change.worker_id) latest.set(change.worker_id, change.revision);
+    if (change.prev_worker_id) latest.set(change.prev_worker_id, change.revision);
+  }
+  return [...latest].map(([id, revision]) => ({ id, revision }));
+}
+
+/**
+ * A unit of work run inside a write transaction. It may throw an AppError
+ * only before its first write, because other jobs of the batch commit anyway.
+ */
+export type WriteJob<T> = (tx: WriteTx) => Promise<T>;
+
+interface QueuedJob {
+  job: WriteJob<unknown>;
+  resolve: (value: unknown) => void;
+  reject: (error: unknown) => void;
+  isSettled: boolean;
+  timer: NodeJS.Timeout;
+}
+
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+export interface WriterOptions {
+  /** Most jobs sharing one transaction. */
+  maxBatch: number;
+  /** A job not committed by then is answered with DatabaseUnavailableError, in ms. */
+  timeoutMs: number;
+  /** Called with the rows of each committed transaction, in revision order. */
+  onCommit: (changes: ChangeRecord[]) => void;
+}
+
+/**
+ * Runs write jobs with group commit: jobs that arrive while a transaction is
+ * running share the next one, so one fsync serves many writes.
+ */
+export class Writer {
+  readonly #sql: Sql;
+  readonly #options: WriterOptions;
+  #queue: QueuedJob[] = [];
+  #isRunning = false;
+
+  constructor(sql: Sql, options: WriterOptions) {
+    this.#sql = sql;
+    this.#options = options;
+  }
+
+  run<T>(job: WriteJob<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const queued: QueuedJob = {
+        job,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+        isSettled: false,
+        timer: setTimeout(() => this.#expire(queued), this.#options.timeoutMs),
+      };
+      this.#queue.push(queued);
+      this.#drain();
+    });
+  }
+
+  #expire(queued: QueuedJob): void {
+    this.#queue = this.#queue.filter((item) => item !== queued);
+    settle(queued, { ok: false, error: new DatabaseUnavailableError() });
+  }
+
+  async #drain(): Promise<void> {
+    if (this.#isRunning) return;
+    this.#isRunning = true;
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#queue.splice(0, this.#options.maxBatch);
+        await this.#runBatch(batch);
+      }
+    } finally {
+      this.#isRunning = false;
+    }
+  }
+
+  async #runBatch(batch: QueuedJob[]): Promise<void> {
+    try {
+      const { outcomes, changes } = await this.#commit(batch);
+      if (changes.length > 0) this.#options.onCommit(changes);
+      batch.forEach((queued, i) => settle(queued, outcomes[i]));
+    } catch (error) {
+      if (batch.length === 1) return settle(batch[0], { ok: false, error: toAppError(error) });
+      // One job broke the shared transaction: run each alone so the others still commit.
+      for (const queued of batch) await this.#runBatch([queued]);
+    }
+  }
+
+  async #commit(batch: QueuedJob[]): Promise<{ outcomes: Outcome[]; changes: ChangeRecord[] }> {
+    return this.#sql.begin(async (sql) => {
+      const [meta] = await sql`SELECT revision, epoch FROM meta FOR UPDATE`;
+      const tx = new WriteTx(sql, Number(meta.revision), String(meta.epoch), new Date());
+      const outcomes: Outcome[] = [];
+      for (const queued of batch) outcomes.push(await runJob(tx, queued));
+      await tx.finish();
+      return { outcomes, changes: tx.changes };
+    }) as Promise<{ outcomes: Outcome[]; changes: ChangeRecord[] }>;
+  }
+}
+
+async function runJob(tx: WriteTx, queued: QueuedJob): Promise<Outcome> {
+  if (queued.isSettled) return { ok: false, error: new DatabaseUnavailableError() };
+  const recordedBefore = tx.changes.length;
+  try {
+    return { ok: true, value: await queued.job(tx) };
+  } catch (error) {
+    // A job that failed before writing leaves the transaction usable for the rest.
+    const isClean = error instanceof AppError && tx.changes.length === recordedBefore;
+    if (isClean) return { ok: false, error };
+    throw error;
+  }
+}
+
+function settle(queued: QueuedJob, outcome: Outcome): void {
+  if (queued.isSettled) return;
+  queued.isSettled = true;
+  clearTimeout(queued.timer);
+  if (outcome.ok) queued.resolve(outcome.value);
+  else queued.reject(outcome.error);
+}
+
+/** Maps a database failure to the error the client sees. */
+export function toAppError(error: unknown): unknown {
+  if (error instanceof AppError) return error;
+  const code = (error as { code?: string }).code;
+  if (code === '23505') {
+    const detail = (error as { detail?: string }).detail ?? 'a unique value is taken';
+    return new ConflictError(`The change conflicts with a stored one: ${detail}`);
+  }
+  if (isUnavailable(error)) return new DatabaseUnavailableError({ cause: error });
+  return error;
+}
+
+/** Returns whether an error means the database cannot be reached right now. */
+export function isUnavailable(error: unknown): boolean {
+  const code = String((error as { code?: string }).code ?? '');
+  return (
+    code.startsWith('08') ||
+    code.startsWith('57P') ||
+    code === '53300' ||
+    [
+      'ECONNREFUSED',
+      'ECONNRESET',
+      'ETIMEDOUT',
+      'EPIPE',
+      'CONNECT_TIMEOUT',
+      'CONNECTION_CLOSED',
+      'CONNECTION_ENDED',
+      'CONNECTION_DESTROYED',
+    ].includes(code)
+  );
+}

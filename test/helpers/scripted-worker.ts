@@ -1,0 +1,199 @@
+import { WebSocket } from 'ws';
+import { tableDigest, type DiffMessage, type SnapshotMessage } from '../../proto/index.ts';
+
+/** A route as a scripted worker keeps it. */
+export interface HeldRoute {
+  id: string;
+  revision: number;
+  backends: Array<{ host: string; port: number }>;
+  port: number | null;
+  subdomain: string | null;
+}
+
+export interface ScriptedWorkerOptions {
+  coordinatorUrl: string;
+  workerToken: string;
+  authority?: string;
+  instanceId?: string;
+  mode?: 'port' | 'wildcard';
+  wildcardDomain?: string;
+  portRange?: [number, number];
+  /** Acknowledge each snapshot and diff at once (default true). */
+  autoAck?: boolean;
+  /** Send heartbeats every interval (default true). */
+  heartbeats?: boolean;
+}
+
+/**
+ * A worker driven by a test: registers, holds the session, keeps its table
+ * and digest as the contract says, and records every message it receives.
+ */
+export class ScriptedWorker {
+  readonly options: ScriptedWorkerOptions;
+  readonly messages: Array<Record<string, any>> = [];
+  table = new Map<string, HeldRoute>();
+  revision = 0;
+  epoch = '';
+  registration: any;
+  closeCode: number | null = null;
+  #socket: WebSocket | null = null;
+  #snapshotParts: HeldRoute[] = [];
+  #heartbeatTimer: NodeJS.Timeout | undefined;
+  #waiters: Array<() => void> = [];
+
+  constructor(options: ScriptedWorkerOptions) {
+    this.options = { autoAck: true, heartbeats: true, ...options };
+  }
+
+  get id(): string {
+    return this.registration.worker.id;
+  }
+
+  get digest(): string {
+    return tableDigest(this.table.values());
+  }
+
+  async register(extra: Record<string, unknown> = {}): Promise<any> {
+    const mode = this.options.mode ?? 'port';
+    const body: Record<string, unknown> = {
+      authority: this.options.authority ?? 'proxy-a',
+      frontend_mode: mode,
+      hostname: 'proxy-a.example.test',
+      ...(this.options.instanceId ? { instance_id: this.options.instanceId } : {}),
+      ...(mode === 'port'
+        ? { port_range: this.options.portRange ?? [20000, 20999] }
+        : { wildcard_domain: this.options.wildcardDomain ?? '.apps.example.test' }),
+      ...extra,
+    };
+    const response = await fetch(`${this.options.coordinatorUrl}/workers/register`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${this.options.workerToken}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const json = await response.json();
+    if (response.status >= 300) throw new Error(`register failed: ${response.status} ${JSON.stringify(json)}`);
+    this.registration = json;
+    return json;
+  }
+
+  /** Opens the session and sends hello; with `resume`, asks for a diff from its table. */
+  async connect(resume = false): Promise<void> {
+    const url = `${this.options.coordinatorUrl.replace(/^http/, 'ws')}/workers/stream`;
+    const socket = new WebSocket(url, { headers: { authorization: `Bearer ${this.registration.session_token}` } });
+    this.#socket = socket;
+    this.closeCode = null;
+    socket.on('message', (data) => this.#receive(JSON.parse(String(data))));
+    socket.on('close', (code) => {
+      this.closeCode = code;
+      clearInterval(this.#heartbeatTimer);
+      this.#notify();
+    });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('open', () => resolve());
+      socket.once('error', reject);
+      socket.once('unexpected-response', (_request, response) => reject(new Error(`upgrade ${response.statusCode}`)));
+    });
+    const hello: Record<string, unknown> = { type: 'hello', protocol_version: 1 };
+    if (resume) Object.assign(hello, { epoch: this.epoch, applied_revision: this.revision, digest: this.digest });
+    this.send(hello);
+    if (this.options.heartbeats) {
+      const interval = this.registration.heartbeat_interval_ms;
+      this.#heartbeatTimer = setInterval(() => this.heartbeat(), interval);
+    }
+  }
+
+  heartbeat(): void {
+    this.send({ type: 'heartbeat', sent_at: new Date().toISOString(), applied_revision: this.revision, stats: {} });
+  }
+
+  send(message: unknown): void {
+    if (this.#socket?.readyState === WebSocket.OPEN) this.#socket.send(JSON.stringify(message));
+  }
+
+  ack(): void {
+    this.send({ type: 'ack', revision: this.revision, digest: this.digest });
+  }
+
+  /** Closes the socket abruptly, like a crashed process. */
+  kill(): void {
+    clearInterval(this.#heartbeatTimer);
+    this.#socket?.terminate();
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#heartbeatTimer);
+    if (!this.#socket || this.#socket.readyState === WebSocket.CLOSED) return;
+    const closed = new Promise((resolve) => this.#socket?.once('close', resolve));
+    this.#socket.close();
+    await closed;
+  }
+
+  /** Waits until `predicate` holds, re-checked after each message; fails after `timeoutMs`. */
+  async waitFor(predicate: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!predicate()) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(left, 100));
+        this.#waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  #notify(): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const waiter of waiters) waiter();
+  }
+
+  #receive(message: Record<string, any>): void {
+    this.messages.push(message);
+    if (message.type === 'snapshot') this.#applySnapshot(message as SnapshotMessage);
+    if (message.type === 'diff') this.#applyDiff(message as DiffMessage);
+    this.#notify();
+  }
+
+  #applySnapshot(message: SnapshotMessage): void {
+    this.#snapshotParts.push(...message.routes.map(hold));
+    if (message.more) return;
+    this.table = new Map(this.#snapshotParts.map((route) => [route.id, route]));
+    this.#snapshotParts = [];
+    this.revision = message.revision;
+    this.epoch = message.epoch;
+    this.#checkDigest(message.digest);
+  }
+
+  #applyDiff(message: DiffMessage): void {
+    if (message.from_revision !== this.revision) {
+      this.send({ type: 'nack', revision: message.revision, reason: 'digest_mismatch', error: 'diff from another revision' });
+      return;
+    }
+    for (const route of message.upserts) this.table.set(route.id, hold(route));
+    for (const id of message.removes) this.table.delete(id);
+    this.revision = message.revision;
+    this.#checkDigest(message.digest);
+  }
+
+  #checkDigest(expected: string): void {
+    if (this.digest !== expected) {
+      this.table = new Map();
+      this.send({ type: 'nack', revision: this.revision, reason: 'digest_mismatch', error: 'digest mismatch' });
+      return;
+    }
+    if (this.options.autoAck) this.ack();
+  }
+}
+
+function hold(route: any): HeldRoute {
+  return {
+    id: route.id,
+    revision: route.revision,
+    backends: route.backends,
+    port: route.port,
+    subdomain: route.subdomain,
+  };
+}
