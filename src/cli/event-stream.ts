@@ -206,7 +206,9 @@ export class EventStream {
     // The first few drops are reported one by one; a long outage only every tenth retry.
     if (this.#failures <= 3 || this.#failures % 10 === 0) {
       const seconds = (delayMs / 1000).toFixed(1);
-      this.#options.onNotice(`${dropDescription}; reconnecting in ${seconds}s, ${this.#describeResume()}`);
+      this.#options.onNotice(
+        `${dropDescription}; reconnecting in ${seconds}s, ${this.#describeResume()}`,
+      );
     }
     this.#retryTimer = setTimeout(() => this.#connect(), delayMs);
   }

@@ -8,7 +8,7 @@ import type { RouteService } from '../services/routes.ts';
 import type { Health } from '../services/status.ts';
 import type { WorkerService } from '../services/workers.ts';
 
-/** What the REST layer calls; each member is the part of a service it uses. */
+/** Services and hooks of the REST layer; each service member is the part of it the layer uses. */
 export interface HttpDeps {
   routes: Pick<
     RouteService,
@@ -28,7 +28,7 @@ export interface HttpDeps {
   /** Reads the database state for `GET /health`; `db: "down"` turns into a 503. */
   health: () => Promise<Health>;
   log: Logger;
-  /** Renders Prometheus metrics; without it `GET /metrics` answers 404. */
+  /** Renders Prometheus metrics; without it `GET /metrics` returns 404. */
   metrics?: () => Promise<{ contentType: string; body: string }>;
   /**
    * Resolves true once every connected instance of the route's worker has

@@ -92,16 +92,17 @@ export function parseIfMatch(ctx: HttpContext): number | undefined {
   );
 }
 
-/** The `ETag` of a route: its revision, which every change raises. */
+/** Formats the `ETag` of a route: its revision, which every change raises. */
 export function routeEtag(revision: number): string {
   return `"${revision}"`;
 }
 
-/** An opaque cursor that resumes a listing after the route with `id`. */
+/** Encodes an opaque cursor that resumes a listing after the route with `id`. */
 export function encodeCursor(id: string): string {
   return Buffer.from(id, 'utf8').toString('base64url');
 }
 
+/** Decodes a cursor of `encodeCursor`; anything else is a 400. */
 export function decodeCursor(cursor: string): string {
   const id = Buffer.from(cursor, 'base64url').toString('utf8');
   if (v.is(UuidSchema, id)) return id.toLowerCase();

@@ -1,5 +1,5 @@
-// TODO: generate this document from the valibot schemas in proto/, so request and
-// response bodies are described too; today it lists paths, methods, tokens and statuses.
+// TODO: generate this document from the valibot schemas in proto/, so that it describes
+// request and response bodies too. Today it lists only paths, methods, tokens and statuses.
 
 type Token = 'manager' | 'read' | 'worker' | 'session';
 

@@ -16,7 +16,7 @@ import type { HttpContext } from './context.ts';
  */
 const PROBLEM_TYPE_BASE = 'https://appproxy.dev/problems/';
 
-/** Answers every error thrown below it with `application/problem+json`. */
+/** Converts every error thrown below it into an `application/problem+json` response. */
 export async function answerProblems(ctx: HttpContext, next: Next): Promise<void> {
   try {
     await next();
@@ -28,7 +28,7 @@ export async function answerProblems(ctx: HttpContext, next: Next): Promise<void
   }
 }
 
-/** Turns what a handler threw into the error the client sees; null means a 500. */
+/** Maps what a handler threw to the error sent to the client; null means a 500. */
 function toClientError(thrown: unknown): AppError | null {
   const mapped = toAppError(thrown);
   if (mapped instanceof AppError) return mapped;
@@ -68,7 +68,11 @@ function logFailure(ctx: HttpContext, error: AppError | null, thrown: unknown): 
     ctx.state.log.error(fields, 'request failed');
     return;
   }
-  if (error.status >= 500) ctx.state.log.warn({ ...fields, code: error.code }, error.message);
+  if (error.status >= 500) {
+    ctx.state.log.warn({ ...fields, code: error.code }, error.message);
+    return;
+  }
+  ctx.state.log.debug({ method: ctx.method, path: ctx.path, code: error.code }, error.message);
 }
 
 function writeProblem(ctx: HttpContext, error: AppError | null): void {
@@ -90,29 +94,30 @@ function toProblem(ctx: HttpContext, error: AppError): Problem {
   };
 }
 
-/** A 500 tells only the request id; the full error is in the log under it. */
+/** A 500 contains only the request id; the full error is logged under that id. */
 function internalProblem(requestId: string): Problem {
   return {
     type: `${PROBLEM_TYPE_BASE}internal_error`,
     title: 'Internal server error',
     status: 500,
-    detail: `The coordinator failed to handle the request; its log has the error under ` +
+    detail:
+      'The coordinator failed to handle the request; its log has the error under ' +
       `request id ${requestId}.`,
     request_id: requestId,
   };
 }
 
 /**
- * Reads and drops the rest of a body rejected as too large, and closes the
- * connection after the response. Without this the client may still be
- * writing when the socket closes, and sees a reset in place of the 413.
+ * Drops the rest of a body rejected as too large while the response is sent,
+ * and closes the connection after it. Without this the client may still be
+ * writing when the socket closes, and gets a connection reset instead of the 413.
  */
 function discardRequestBody(ctx: HttpContext): void {
   ctx.set('Connection', 'close');
   if (!ctx.req.complete) ctx.req.resume();
 }
 
-/** Rejects requests no endpoint answered: unknown paths and methods. */
+/** Rejects requests that no endpoint handled: unknown paths and methods. */
 export async function rejectUnmatched(ctx: HttpContext, next: Next): Promise<void> {
   await next();
   if (ctx.body !== undefined && ctx.body !== null) return;

@@ -19,7 +19,7 @@ export function assignRequestId(log: Logger): Middleware<HttpState> {
     ctx.state.requestId = requestId;
     ctx.state.log = log.child({ request_id: requestId });
     ctx.set('x-request-id', requestId);
-    // Every answer depends on the caller's token and on changing state.
+    // Every response depends on the caller's token and on changing state.
     ctx.set('Cache-Control', 'no-store');
 
     await next();

@@ -25,7 +25,7 @@ import {
 
 const DEFAULT_PAGE_SIZE = 100;
 const DEFAULT_WAIT_TIMEOUT_MS = 10_000;
-/** Longest a write waits for workers, so a request never outlives common proxy timeouts. */
+/** Maximum wait for workers to acknowledge a write, so a request stays open for bounded time. */
 const MAX_WAIT_TIMEOUT_MS = 30_000;
 
 /** `?wait=applied&timeout_ms=N` of route writes. */
@@ -93,9 +93,9 @@ async function patchRoute(ctx: Ctx, deps: HttpDeps): Promise<void> {
 /**
  * Waits, when the query has `wait=applied`, until every connected instance of
  * the route's worker has acknowledged the write, then reads the route again so
- * it shows `active`. `isApplied` is false only after `timeout_ms` ran out; no
- * wait was requested, or none can be done without `waitForApplied`, counts as
- * applied and the route is returned as written.
+ * it shows `active`. `isApplied` is false only when `timeout_ms` ran out.
+ * Without a wait to do, because none was requested or `waitForApplied` is not
+ * given, the route is returned as written with `isApplied` true.
  */
 async function waitIfRequested(
   deps: HttpDeps,
@@ -108,7 +108,7 @@ async function waitIfRequested(
   }
   const timeoutMs = query.timeout_ms ?? DEFAULT_WAIT_TIMEOUT_MS;
   if (!(await wait(route.id, route.revision, timeoutMs))) return { route, isApplied: false };
-  // A route deleted while waiting keeps the answer of the write itself.
+  // A route deleted while waiting gets the response of the write itself.
   return { route: (await deps.routes.get(route.id)) ?? route, isApplied: true };
 }
 
@@ -128,7 +128,7 @@ async function listRoutes(ctx: Ctx, routes: Routes): Promise<void> {
     service: query.service,
   };
 
-  // One extra row tells whether another page follows.
+  // One extra row shows whether another page follows.
   const page = await routes.list(filter, limit + 1, afterId);
   const hasMore = page.length > limit;
   const items = page.slice(0, limit);

@@ -75,6 +75,8 @@ export class RouteService {
    * (any case, with or without `:port`), only among `workerId`'s routes when given.
    */
   findByHost(host: string, workerId?: string): Promise<Route | null> {
+    // NOTE: registration stores a wildcard domain in the case given, and the
+    // comparison here is exact, so only lower-case wildcard domains are found.
     const name = host.toLowerCase().replace(/:\d{1,5}$/, '').replace(/\.$/, '');
     const dot = name.indexOf('.');
     if (dot <= 0) return Promise.resolve(null);

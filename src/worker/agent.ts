@@ -20,15 +20,15 @@ import type { RouteTable } from './table.ts';
 export type WorkerRegistration = v.InferInput<typeof RegisterWorkerBodySchema>;
 
 export interface AgentOptions {
-  /** Coordinator base URLs; the agent moves to the next one when the current one fails. */
+  /** Coordinator base URLs. The agent moves to the next one when the current one fails. */
   coordinatorUrls: string[];
   /** Bearer token for `POST /workers/register`. */
   workerToken: string;
   registration: WorkerRegistration;
   table: RouteTable;
-  /** Collects the `stats` of each heartbeat; defaults to none. */
+  /** Collects the `stats` of each heartbeat. Without it heartbeats carry empty stats. */
   collectStats?: () => HeartbeatStats;
-  /** Upper bound of the first reconnect delay, in milliseconds; doubles per failure. */
+  /** Upper bound of the first reconnect delay in milliseconds, doubled per failure. */
   minBackoffMs?: number;
   /** Largest reconnect delay, in milliseconds. */
   maxBackoffMs?: number;
@@ -48,7 +48,7 @@ export interface RegisteredInfo {
   isNew: boolean;
 }
 
-/** What the agent does after a session closes. */
+/** Step the agent takes after a session closes. */
 export type NextStep = 'resume' | 'register' | 'stop';
 
 export interface DisconnectedInfo {
@@ -58,11 +58,11 @@ export interface DisconnectedInfo {
   wasOpen: boolean;
   upgradeStatus?: number;
   nextStep: NextStep;
-  /** Delay before the next attempt, in milliseconds; 0 when the agent stops. */
+  /** Delay before the next attempt in milliseconds, or 0 when the agent stops. */
   retryInMs: number;
 }
 
-/** Why the agent gave up for good; the process should exit with a failure status. */
+/** Reason the agent stopped for good, after which the process should exit with a failure. */
 export interface StoppedInfo {
   reason: 'superseded' | 'registration_rejected';
   detail: string;
@@ -78,7 +78,7 @@ export interface AgentEvents {
   error: [error: Error];
 }
 
-/** What a registration grants: the session token and the heartbeat settings. */
+/** Session token and heartbeat settings that a registration grants. */
 interface SessionGrant {
   sessionToken: string;
   heartbeatIntervalMs: number;
@@ -140,8 +140,8 @@ export class Backoff {
 }
 
 /**
- * Worker session client: registers with a coordinator, holds the WebSocket session that
- * keeps the route table in sync, and reconnects with backoff until closed. The table keeps
+ * Worker session client: registers with a coordinator, keeps a WebSocket session open to
+ * keep the route table in sync, and reconnects with backoff until closed. The table keeps
  * serving its last state while disconnected.
  */
 export class WorkerAgent extends EventEmitter<AgentEvents> {
@@ -169,7 +169,7 @@ export class WorkerAgent extends EventEmitter<AgentEvents> {
     return this.#options.coordinatorUrls[this.#urlIndex];
   }
 
-  /** Starts registering and connecting in the background; events report the progress. */
+  /** Starts registering and connecting in the background, reporting progress as events. */
   start(): void {
     this.#loop ??= this.#run();
   }
@@ -344,10 +344,10 @@ export class WorkerAgent extends EventEmitter<AgentEvents> {
  * Decides how to go on after a session closed.
  *
  * - 4409: another process registered this instance again, so this one must stop serving.
- * - 4401 or an upgrade refused with 401/403: the session token is no longer valid; register.
- * - 4404: an operator deregistered the worker; register again, but only after the longest
- *   backoff so a process being shut down after the deregistration does not undo it at once.
- * - 4000, 4400, 4408, 4429: the coordinator is fine but ended this session; resume there.
+ * - 4401, or an upgrade rejected with 401 or 403: the session token is invalid, so register.
+ * - 4404: an operator deregistered the worker. Register again after the longest backoff, so
+ *   that a process stopped right after the deregistration does not undo it at once.
+ * - 4000, 4400, 4408, 4429: the coordinator works but ended this session, so resume there.
  * - 1001, 1012, and connections that failed or dropped: resume on the next coordinator.
  */
 export function planReconnect(end: SessionEnd): ReconnectPlan {
@@ -379,7 +379,7 @@ interface RegistrationRequest {
 
 type RegistrationResponse = v.InferOutput<typeof RegistrationResponseSchema>;
 
-/** Sends `POST /workers/register` and validates the answer; throws RegistrationError. */
+/** Sends `POST /workers/register` and validates the response. Throws RegistrationError. */
 export async function requestRegistration(
   coordinatorUrl: string,
   request: RegistrationRequest,
@@ -424,7 +424,7 @@ async function readJson(response: Response): Promise<unknown> {
   }
 }
 
-/** The `detail` of a problem+json body, or the status text when the body has none. */
+/** Returns the `detail` of a problem+json body, or the status text when it has none. */
 function problemDetail(body: unknown, response: Response): string {
   if (typeof body === 'object' && body !== null && 'detail' in body) {
     const { detail } = body;
@@ -438,6 +438,7 @@ function describeFetchError(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
   if (error.name === 'TimeoutError') return 'timed out';
   const cause = error.cause;
-  if (cause instanceof Error && 'code' in cause) return `${error.message} (${String(cause.code)})`;
-  return error.message;
+  if (!(cause instanceof Error)) return error.message;
+  const code = (cause as NodeJS.ErrnoException).code;
+  return `${error.message} (${code ?? cause.message})`;
 }

@@ -12,9 +12,9 @@ export class WorkerError extends Error {
   }
 }
 
-/** `POST /workers/register` failed: unreachable, or answered with an error status. */
+/** `POST /workers/register` failed: the coordinator was unreachable or returned an error. */
 export class RegistrationError extends WorkerError {
-  /** HTTP status of the answer; undefined when no answer arrived. */
+  /** HTTP status of the response, or undefined when no response arrived. */
   readonly status: number | undefined;
 
   constructor(url: string, status: number | undefined, detail: string, options?: ErrorOptions) {
@@ -31,7 +31,7 @@ export class RegistrationError extends WorkerError {
 
 /** The WebSocket session failed: the upgrade was refused, or the connection broke. */
 export class SessionError extends WorkerError {
-  /** HTTP status the coordinator answered the upgrade with; undefined when none arrived. */
+  /** HTTP status of the rejected upgrade, or undefined when no response arrived. */
   readonly status: number | undefined;
 
   constructor(url: string, status: number | undefined, detail: string, options?: ErrorOptions) {
@@ -41,7 +41,7 @@ export class SessionError extends WorkerError {
   }
 }
 
-/** A coordinator message that is not JSON or does not match the schema; it was ignored. */
+/** An ignored coordinator message that is not JSON or does not match the schema. */
 export class InvalidMessageError extends WorkerError {
   readonly issues: ValidationIssue[];
 

@@ -1,5 +1,6 @@
 import { pino, type Logger } from 'pino';
 import { WorkerAgent } from './agent.ts';
+import { WorkerError } from './errors.ts';
 import { WorkerProxy } from './proxy.ts';
 import { parseSettings, readWorkerToken, registrationOf, type WorkerSettings } from './settings.ts';
 import { RouteTable } from './table.ts';
@@ -41,14 +42,14 @@ function logAgentEvents(agent: WorkerAgent, logger: Logger): void {
   agent.on('mismatch', ({ kind, revision, error, dropped }) => {
     logger.warn({ kind, revision, dropped }, `${error}; requested a snapshot`);
   });
-  agent.on('error', (error) => logger.warn({ err: error }, error.message));
+  agent.on('error', (error) => logger.warn(errorFields(error), error.message));
 }
 
 function logProxyEvents(proxy: WorkerProxy, agent: WorkerAgent, logger: Logger): void {
   proxy.on('listening', ({ port }) => logger.debug({ port }, 'listening'));
   proxy.on('unlistened', ({ port }) => logger.debug({ port }, 'stopped listening'));
   proxy.on('listenError', (error, route) => {
-    logger.error({ err: error, port: error.port, route_id: route?.id }, error.message);
+    logger.error({ ...errorFields(error), port: error.port, route_id: route?.id }, error.message);
     // Reported as rejected, so the coordinator records it and sends the route again later.
     if (route !== undefined) agent.reject(route.revision, error.message);
   });
@@ -59,8 +60,19 @@ function logProxyEvents(proxy: WorkerProxy, agent: WorkerAgent, logger: Logger):
     const now = Date.now();
     if (now - (lastLoggedAt.get(routeId) ?? 0) < BACKEND_ERROR_LOG_INTERVAL_MS) return;
     lastLoggedAt.set(routeId, now);
-    logger.warn({ route_id: routeId, backend, err: error }, 'backend could not be reached');
+    const fields = { route_id: routeId, backend, error: error.message };
+    logger.warn(fields, 'backend could not be reached');
   });
+}
+
+/**
+ * Log fields of an error: the code and cause of expected failures such as a refused
+ * connection, and the whole error with its stack for anything else.
+ */
+function errorFields(error: Error): Record<string, unknown> {
+  if (!(error instanceof WorkerError)) return { err: error };
+  const cause = error.cause instanceof Error ? error.cause.message : undefined;
+  return { code: error.code, cause };
 }
 
 function startFields(settings: WorkerSettings, proxy: WorkerProxy): Record<string, unknown> {
@@ -76,7 +88,7 @@ function startFields(settings: WorkerSettings, proxy: WorkerProxy): Record<strin
   };
 }
 
-/** Closes the session and the listeners, then exits; a second call waits for the first. */
+/** Closes the session and the listeners, then exits. A second call waits for the first. */
 function createShutdown(agent: WorkerAgent, proxy: WorkerProxy, logger: Logger) {
   let stopping: Promise<void> | null = null;
   return (exitCode: number): Promise<void> => {

@@ -19,11 +19,11 @@ export interface ProxyOptions {
   mode: 'port' | 'wildcard';
   /** Address every listener binds to. */
   listenHost: string;
-  /** Wildcard mode: port of the one listener; 0 picks a free port. */
+  /** Wildcard mode: port of the one listener, where 0 picks a free port. */
   listenPort?: number;
   /** Wildcard mode: domain every served host ends with, such as `.apps.example.test`. */
   wildcardDomain?: string;
-  /** Source of randomness for the weighted choice of a backend; defaults to Math.random. */
+  /** Source of randomness for the weighted choice of a backend, Math.random by default. */
   random?: () => number;
 }
 
@@ -36,7 +36,7 @@ export interface BackendErrorInfo {
 export interface ProxyEvents {
   listening: [info: { port: number }];
   unlistened: [info: { port: number }];
-  /** A port a route needs could not be opened; it is tried again at the next table change. */
+  /** A port a route needs could not be opened. The next table change tries it again. */
   listenError: [error: ListenError, route: WireRoute | undefined];
   backendError: [info: BackendErrorInfo];
 }
@@ -49,7 +49,7 @@ interface Listener {
   sockets: Set<net.Socket>;
 }
 
-/** Resolves the route of one HTTP request, or returns a reason to answer 404. */
+/** Finds the route of one HTTP request; undefined leads to a 404 response. */
 type RouteResolver = (request: http.IncomingMessage) => WireRoute | undefined;
 
 const TEXT = {
@@ -94,8 +94,8 @@ export class WorkerProxy extends EventEmitter<ProxyEvents> {
     this.#proxy.on('proxyReqWs', (proxyRequest, request, socket) => {
       proxyRequest.once('upgrade', () => this.#upgraded.add(socket));
     });
-    // Errors of client sockets during WebSocket proxying are ordinary hang-ups; the library
-    // already ends the other side.
+    // Errors of client sockets during WebSocket proxying are ordinary hang-ups, and the
+    // library already ends the other side.
     this.#proxy.on('error', () => {});
   }
 
@@ -187,14 +187,15 @@ export class WorkerProxy extends EventEmitter<ProxyEvents> {
 
   async #syncListeners(): Promise<void> {
     if (this.#isClosed) return;
-    const wanted = new Map<number, Listener['kind']>();
+    const needed = new Map<number, Listener['kind']>();
     for (const [port, route] of this.#options.table.portRoutes()) {
-      wanted.set(port, isHttpRoute(route) ? 'http' : 'tcp');
+      needed.set(port, isHttpRoute(route) ? 'http' : 'tcp');
     }
 
-    const stale = [...this.#listeners.values()].filter((l) => wanted.get(l.port) !== l.kind);
+    const listeners = [...this.#listeners.values()];
+    const stale = listeners.filter(({ port, kind }) => needed.get(port) !== kind);
     await Promise.all(stale.map((listener) => this.#close(listener)));
-    const missing = [...wanted].filter(([port]) => !this.#listeners.has(port));
+    const missing = [...needed].filter(([port]) => !this.#listeners.has(port));
     await Promise.all(missing.map(([port, kind]) => this.#openPortListener(port, kind)));
   }
 
@@ -206,7 +207,7 @@ export class WorkerProxy extends EventEmitter<ProxyEvents> {
     }
   }
 
-  /** Opens one listener; throws ListenError when the port cannot be bound. */
+  /** Opens one listener. Throws ListenError when the port cannot be bound. */
   async #openListener(port: number, kind: Listener['kind'], resolve: RouteResolver) {
     const server =
       kind === 'tcp'
@@ -225,8 +226,8 @@ export class WorkerProxy extends EventEmitter<ProxyEvents> {
   }
 
   #createHttpServer(resolve: RouteResolver): http.Server {
-    // requestTimeout 0: uploads to notebooks and model servers may take longer than the
-    // default 5 minutes; headersTimeout still bounds clients that never finish a request.
+    // requestTimeout 0 because uploads to notebooks and model servers may take longer than
+    // Node's default of 5 minutes. headersTimeout still bounds clients that stall.
     const server = http.createServer({ requestTimeout: 0 }, (request, response) => {
       this.#serveRequest(request, response, resolve(request));
     });
@@ -297,7 +298,7 @@ export class WorkerProxy extends EventEmitter<ProxyEvents> {
     this.#bind(socket, route);
     this.#proxy.ws(request, socket, head, { target: targetOf(backend) }, (error) => {
       this.#reportBackendError(route, backend, error);
-      // After the upgrade the socket carries WebSocket frames; the library closes it.
+      // After the upgrade the socket carries WebSocket frames, and the library closes it.
       if (!this.#upgraded.has(socket)) writeResponse(socket, 502, TEXT.badGateway);
     });
   }

@@ -37,7 +37,7 @@ export function subdomainOf(host: string | undefined, wildcardDomain: string): s
   return label;
 }
 
-/** Allow lists built once per route object; a changed route arrives as a new object. */
+/** Allow lists built once per route object, since a changed route arrives as a new object. */
 const allowLists = new WeakMap<WireRoute, BlockList>();
 
 /**
@@ -67,7 +67,7 @@ function allowListOf(route: WireRoute): BlockList {
   return list;
 }
 
-/** Whether the route is served as HTTP (with WebSocket upgrades) rather than as plain TCP. */
+/** Returns whether the route is served as HTTP (with WebSocket upgrades) instead of TCP. */
 export function isHttpRoute(route: WireRoute): boolean {
   return route.protocol !== 'tcp';
 }

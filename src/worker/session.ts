@@ -22,7 +22,7 @@ export interface HeartbeatStats {
 export interface SessionOptions {
   /** Base URL of the coordinator, such as `http://127.0.0.1:6030`. */
   coordinatorUrl: string;
-  /** Session token from registration; sent as a bearer token on the upgrade. */
+  /** Session token from registration, sent as a bearer token on the upgrade. */
   sessionToken: string;
   table: RouteTable;
   heartbeatIntervalMs: number;
@@ -33,14 +33,14 @@ export interface SessionOptions {
   handshakeTimeoutMs: number;
 }
 
-/** How a session ended. */
+/** Outcome of a finished session. */
 export interface SessionEnd {
-  /** WebSocket close code; 1006 when the connection failed or dropped without a close frame. */
+  /** WebSocket close code, or 1006 when the connection failed without a close frame. */
   code: number;
   reason: string;
   /** Whether the upgrade succeeded, so the session was open at some point. */
   wasOpen: boolean;
-  /** HTTP status the coordinator answered the upgrade with, when it refused it. */
+  /** HTTP status of the coordinator's response when it rejected the upgrade. */
   upgradeStatus?: number;
 }
 
@@ -55,7 +55,7 @@ export interface MismatchInfo {
   kind: 'snapshot' | 'diff';
   revision: number;
   error: string;
-  /** Whether the table was emptied; when false the table still serves its last revision. */
+  /** Whether the table was emptied. When false it still serves its last revision. */
   dropped: boolean;
 }
 
@@ -109,18 +109,18 @@ export class WorkerSession extends EventEmitter<SessionEvents> {
     });
   }
 
-  /** Closes the session; `run()` resolves once the socket has closed. */
+  /** Closes the session. `run()` resolves once the socket has closed. */
   close(code = 1000, reason = ''): void {
     const socket = this.#socket;
     if (socket === null) return;
     if (socket.readyState === WebSocket.CONNECTING) return socket.terminate();
 
     socket.close(code, reason);
-    // A coordinator that never answers the close frame must not hold up shutdown.
+    // A coordinator that never replies to the close frame must not hold up shutdown.
     setTimeout(() => socket.terminate(), 2_000).unref();
   }
 
-  /** Sends `nack`, as for a route the proxy could not serve; false when the session is not open. */
+  /** Sends `nack`, as for a route the proxy could not serve. Returns false when not open. */
   nack(revision: number, reason: 'digest_mismatch' | 'rejected', error: string): boolean {
     return this.#send({ type: 'nack', revision, reason, error: error.slice(0, 1000) });
   }
@@ -148,7 +148,7 @@ export class WorkerSession extends EventEmitter<SessionEvents> {
   }
 
   #onSocketError(error: Error): void {
-    // A refused upgrade is reported through its status in SessionEnd instead.
+    // A rejected upgrade is reported through its status in SessionEnd instead.
     if (this.#upgradeStatus !== undefined) return;
 
     const url = this.#options.coordinatorUrl;
@@ -209,7 +209,7 @@ export class WorkerSession extends EventEmitter<SessionEvents> {
     const { heartbeatIntervalMs, heartbeatMisses } = this.#options;
     this.#markSeen();
     this.#heartbeatTimer = setInterval(() => {
-      // A coordinator that stopped answering pings is gone even if TCP has not noticed.
+      // A coordinator that stopped responding to pings is gone even if TCP has not noticed.
       if (Date.now() - this.#lastSeenAt > heartbeatIntervalMs * heartbeatMisses) {
         this.#socket?.terminate();
         return;

@@ -161,7 +161,7 @@ function findSettingsProblem(settings: WorkerSettings): string | undefined {
   return undefined;
 }
 
-/** Parses the command line (and environment) into settings; exits with usage errors. */
+/** Parses the command line and environment into settings. Exits on usage errors. */
 export function parseSettings(argv: string[] = process.argv): WorkerSettings {
   const program = buildProgram().parse(argv);
   const options = program.opts();
@@ -190,7 +190,7 @@ export function parseSettings(argv: string[] = process.argv): WorkerSettings {
 /**
  * Reads the worker token: APPPROXY_WORKER_TOKEN, else the `worker` key of
  * `<data-dir>/tokens.json` that the coordinator writes. The variable may list several
- * tokens, comma-separated, as the coordinator accepts; the worker sends the first.
+ * tokens, comma-separated, as the coordinator accepts, and the worker sends the first.
  */
 export async function readWorkerToken(dataDir: string): Promise<string> {
   const fromEnv = process.env.APPPROXY_WORKER_TOKEN?.split(',')[0].trim();

@@ -29,7 +29,7 @@ export interface TableDiff {
  *
  * - `applied`: the table is now at `revision` with `digest`; ack it.
  * - `partial`: a snapshot chunk with `more: true` was stored aside; nothing to ack yet.
- * - `mismatch`: the message could not be applied; `dropped` tells whether the table was
+ * - `mismatch`: the message could not be applied, and `dropped` is whether the table was
  *   emptied. Either way the worker needs a snapshot.
  */
 export type ApplyResult =
@@ -57,7 +57,7 @@ interface PendingSnapshot {
 /**
  * The worker's route table, indexed by id, port and subdomain.
  *
- * Invariant: `revision` and `epoch` are null exactly when the table holds no snapshot, and
+ * Invariant: `revision` and `epoch` are null exactly when the table contains no snapshot, and
  * `digest` always equals the digest of the routes in `byId`. Readers only ever see a whole
  * table: snapshot chunks are collected aside and swapped in when the last one arrives.
  */
@@ -86,7 +86,7 @@ export class RouteTable extends EventEmitter<RouteTableEvents> {
     return this.#byId.size;
   }
 
-  /** Whether the table holds a snapshot, so a new session may ask to resume from it. */
+  /** Whether the table contains a snapshot, so a new session may request to resume from it. */
   get hasSnapshot(): boolean {
     return this.#revision !== null;
   }
@@ -99,7 +99,7 @@ export class RouteTable extends EventEmitter<RouteTableEvents> {
     return this.#byPort.get(port);
   }
 
-  /** Finds the route served under one DNS label; labels compare case-insensitively. */
+  /** Finds the route served under one DNS label, compared case-insensitively. */
   routeForSubdomain(label: string): WireRoute | undefined {
     return this.#bySubdomain.get(label.toLowerCase());
   }
@@ -115,7 +115,7 @@ export class RouteTable extends EventEmitter<RouteTableEvents> {
 
   /**
    * Applies one snapshot message. Chunks of one epoch and revision are collected until the
-   * one without `more`; a chunk of another revision starts the collection over, because the
+   * one without `more`. A chunk of another revision starts the collection over, because the
    * coordinator began a new snapshot.
    */
   applySnapshot(chunk: SnapshotChunk): ApplyResult {
@@ -142,7 +142,7 @@ export class RouteTable extends EventEmitter<RouteTableEvents> {
   /**
    * Applies one diff. A diff of another epoch drops the table. A diff that does not start at
    * this table's revision leaves the table as it is, because the table is still a consistent
-   * state of an earlier revision; the caller asks for a snapshot.
+   * state of an earlier revision, and the caller asks for a snapshot.
    */
   applyDiff(diff: TableDiff): ApplyResult {
     this.#pending = null;
@@ -173,7 +173,7 @@ export class RouteTable extends EventEmitter<RouteTableEvents> {
     return this.#applied();
   }
 
-  /** Empties the table and forgets its epoch and revision, so only a snapshot fills it again. */
+  /** Empties the table and clears its epoch and revision, so only a snapshot fills it again. */
   drop(reason: DropReason): void {
     const hadContent = this.#revision !== null || this.#byId.size > 0;
     this.#epoch = null;
@@ -189,7 +189,7 @@ export class RouteTable extends EventEmitter<RouteTableEvents> {
     this.emit('change');
   }
 
-  /** Forgets snapshot chunks collected so far, since a new session sends its own snapshot. */
+  /** Discards snapshot chunks collected so far, since a new session sends its own snapshot. */
   discardPendingSnapshot(): void {
     this.#pending = null;
   }

@@ -550,7 +550,7 @@ describe('appproxy status', () => {
         revision: 7,
         reason: 'rejected',
         error: 'port 21001 is in use',
-        at: new Date().toISOString(),
+        at: new Date(Date.now() - 5 * 60_000).toISOString(),
       },
     });
     const fake = await startFake({
@@ -562,7 +562,7 @@ describe('appproxy status', () => {
       assert.equal(code, 0);
       assert.match(stdout, /coordinator http:\/\/127\.0\.0\.1:\d+: ok, database up, revision 7/);
       assert.match(stdout, /1 rev, 2s/);
-      assert.match(stdout, /r7 rejected \d+ms ago: port 21001 is in use/);
+      assert.match(stdout, /r7 rejected 5m( \d+s)? ago: port 21001 is in use/);
     } finally {
       await fake.close();
     }

@@ -3,7 +3,7 @@ import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { pino } from 'pino';
-import type { Route } from '../../proto/index.ts';
+import type { RegisterWorkerResponse, Route } from '../../proto/index.ts';
 import type { Principal } from '../../src/coordinator/tokens.ts';
 import { ConflictError } from '../../src/errors.ts';
 import { createHttpApp, type HttpDeps } from '../../src/http/app.ts';
@@ -68,9 +68,10 @@ function fakeDeps(logLines: string[]) {
     workers: {
       get: async () => null,
       list: async () => [],
-      register: async () => {
-        throw new Error('not used by these tests');
-      },
+      register: async (body) => ({
+        response: { worker: { id: WORKER_ID }, generation: 1 } as RegisterWorkerResponse,
+        isNew: body.authority === 'new-worker',
+      }),
       deregister: async (...args) => void record('deregister', args),
     },
     events: { list: async () => ({ events: [], revision: 0 }) },
@@ -614,4 +615,42 @@ test('metrics returns exporter text', async (t) => {
   assert.equal(response.status, 200);
   assert.match(response.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
   assert.equal(await response.text(), 'up 1\n');
+});
+
+test('worker registration answers 201 then 200', async (t) => {
+  const harness = await start(t);
+  const body = { frontend_mode: 'port', hostname: 'proxy.test', port_range: [20000, 20099] };
+  const register = (authority: string) =>
+    send(harness, '/workers/register', {
+      method: 'POST',
+      token: 'worker-token',
+      body: JSON.stringify({ ...body, authority }),
+      headers: { 'content-type': 'application/json' },
+    });
+  assert.equal((await register('new-worker')).status, 201);
+  assert.equal((await register('known-worker')).status, 200);
+});
+
+test('registration without port_range is 400', async (t) => {
+  const harness = await start(t);
+  const body = { authority: 'w1', frontend_mode: 'port', hostname: 'proxy.test' };
+  const response = await send(harness, '/workers/register', {
+    method: 'POST',
+    token: 'worker-token',
+    body: JSON.stringify(body),
+    headers: { 'content-type': 'application/json' },
+  });
+  assert.equal(response.status, 400);
+  const problem = await readProblem(response);
+  assert.equal((problem.issues as Array<{ path: string }>)[0].path, 'port_range');
+});
+
+test('DELETE /workers/:id answers 204', async (t) => {
+  const harness = await start(t);
+  const response = await send(harness, `/workers/${WORKER_ID}`, {
+    method: 'DELETE',
+    token: 'manager-token',
+  });
+  assert.equal(response.status, 204);
+  assert.deepEqual(harness.calls, [{ method: 'deregister', args: [WORKER_ID] }]);
 });

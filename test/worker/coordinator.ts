@@ -33,7 +33,7 @@ class WaitQueue<T> {
   }
 }
 
-/** One worker session as the scripted coordinator sees it. */
+/** Coordinator side of one worker session. */
 export class ScriptedSession {
   readonly socket: WebSocket;
   readonly token: string;
@@ -71,7 +71,7 @@ export interface ScriptedCoordinatorOptions {
   heartbeatIntervalMs?: number;
   heartbeatMisses?: number;
   epoch?: string;
-  /** Session tokens accepted on the stream; share one set to let coordinators share tokens. */
+  /** Session tokens accepted on the stream. Coordinators given one set share tokens. */
   sessionTokens?: Set<string>;
 }
 
@@ -81,7 +81,7 @@ interface Registration {
 }
 
 /**
- * A coordinator stand-in on 127.0.0.1 that answers `POST /workers/register` and accepts
+ * A coordinator stand-in on 127.0.0.1 that handles `POST /workers/register` and accepts
  * `GET /workers/stream`, so a test script plays the coordinator's side of the session.
  */
 export class ScriptedCoordinator {
@@ -91,7 +91,7 @@ export class ScriptedCoordinator {
   readonly #sessions = new WaitQueue<ScriptedSession>();
   readonly #options: Required<Omit<ScriptedCoordinatorOptions, 'sessionTokens'>>;
   readonly sessionTokens: Set<string>;
-  /** Status and detail to answer registrations with instead of a grant. */
+  /** Status and detail to return for registrations instead of a grant. */
   registrationFailure: { status: number; detail: string } | null = null;
   #registrationCount = 0;
   url = '';

@@ -8,7 +8,7 @@ import type { WireRoute } from '../../src/worker/table.ts';
 /** Every test server binds here; tests send traffic nowhere else. */
 export const LOOPBACK = '127.0.0.1';
 
-/** Builds a route as the coordinator would push it, with one backend unless told otherwise. */
+/** Builds a route as the coordinator would push it, with one backend unless overridden. */
 export function makeRoute(overrides: Partial<WireRoute> = {}): WireRoute {
   return {
     id: randomUUID(),
@@ -79,8 +79,9 @@ async function listenOnLoopback(server: net.Server): Promise<TestServer> {
 }
 
 /**
- * Starts an HTTP backend that answers `<name> <method> <path>` and echoes WebSocket messages
- * back prefixed with `<name>:`. Requests carry their `x-forwarded-for` in a response header.
+ * Starts an HTTP backend that responds `<name> <method> <path>` and echoes WebSocket messages
+ * back prefixed with `<name>:`. Each response returns the request's `x-forwarded-for` and
+ * `host` headers in `x-seen-*` headers.
  */
 export async function startHttpBackend(name: string): Promise<TestServer> {
   const server = http.createServer((request, response) => {
