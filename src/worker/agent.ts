@@ -129,7 +129,7 @@ export class Backoff {
     return Math.floor(this.#random() * capMs);
   }
 
-  /** Returns the largest delay with jitter, without counting a failure. */
+  /** Returns a delay from half the largest delay up to the largest, counting no failure. */
   longest(): number {
     return Math.floor(this.#maxMs / 2 + (this.#random() * this.#maxMs) / 2);
   }
@@ -275,6 +275,11 @@ export class WorkerAgent extends EventEmitter<AgentEvents> {
     this.#session = session;
     try {
       return await session.run();
+    } catch (error) {
+      // Only a URL that the WebSocket client cannot use gets here; treat it as a failed one.
+      const detail = String(error);
+      this.emit('error', new SessionError(coordinatorUrl, undefined, detail, { cause: error }));
+      return { code: 1006, reason: 'invalid coordinator URL', wasOpen: false };
     } finally {
       this.#session = null;
     }
@@ -293,7 +298,7 @@ export class WorkerAgent extends EventEmitter<AgentEvents> {
 
   #afterSession(end: SessionEnd): number | 'stop' {
     const coordinatorUrl = this.coordinatorUrl;
-    this.#reportRefusedUpgrade(coordinatorUrl, end);
+    this.#reportRejectedUpgrade(coordinatorUrl, end);
     const plan = this.#isClosing ? STOP_PLAN : planReconnect(end);
     if (plan.nextStep === 'stop') {
       this.emit('disconnected', { coordinatorUrl, ...end, nextStep: 'stop', retryInMs: 0 });
@@ -311,7 +316,7 @@ export class WorkerAgent extends EventEmitter<AgentEvents> {
     return retryInMs;
   }
 
-  #reportRefusedUpgrade(coordinatorUrl: string, end: SessionEnd): void {
+  #reportRejectedUpgrade(coordinatorUrl: string, end: SessionEnd): void {
     if (end.upgradeStatus === undefined) return;
 
     const detail = end.reason || 'the coordinator did not accept the session';
@@ -384,10 +389,28 @@ export async function requestRegistration(
   coordinatorUrl: string,
   request: RegistrationRequest,
 ): Promise<{ body: RegistrationResponse; isNew: boolean }> {
+  const response = await postRegistration(coordinatorUrl, request);
+  const body = await readJson(response);
+  if (!response.ok) {
+    throw new RegistrationError(coordinatorUrl, response.status, problemDetail(body, response));
+  }
+
+  const result = v.safeParse(RegistrationResponseSchema, body);
+  if (!result.success) {
+    const issues = toValidationIssues(result.issues).map((issue) => issue.path || '(root)');
+    const detail = `the response is missing or has invalid fields: ${issues.join(', ')}`;
+    throw new RegistrationError(coordinatorUrl, response.status, detail);
+  }
+  return { body: result.output, isNew: response.status === 201 };
+}
+
+async function postRegistration(
+  coordinatorUrl: string,
+  request: RegistrationRequest,
+): Promise<Response> {
   const endpoint = new URL('workers/register', withTrailingSlash(coordinatorUrl));
-  let response: Response;
   try {
-    response = await fetch(endpoint, {
+    return await fetch(endpoint, {
       method: 'POST',
       headers: {
         authorization: `Bearer ${request.workerToken}`,
@@ -398,22 +421,9 @@ export async function requestRegistration(
       signal: request.signal,
     });
   } catch (error) {
-    throw new RegistrationError(coordinatorUrl, undefined, describeFetchError(error), {
-      cause: error,
-    });
+    const detail = describeFetchError(error);
+    throw new RegistrationError(coordinatorUrl, undefined, detail, { cause: error });
   }
-
-  const body = await readJson(response);
-  if (!response.ok) {
-    throw new RegistrationError(coordinatorUrl, response.status, problemDetail(body, response));
-  }
-  const result = v.safeParse(RegistrationResponseSchema, body);
-  if (!result.success) {
-    const issues = toValidationIssues(result.issues).map((issue) => issue.path || '(root)');
-    const detail = `the answer is missing or has invalid fields: ${issues.join(', ')}`;
-    throw new RegistrationError(coordinatorUrl, response.status, detail);
-  }
-  return { body: result.output, isNew: response.status === 201 };
 }
 
 async function readJson(response: Response): Promise<unknown> {

@@ -40,7 +40,7 @@ function logAgentEvents(agent: WorkerAgent, logger: Logger): void {
     logger[level]({ kind, revision, route_count: routeCount }, `applied ${kind}`);
   });
   agent.on('mismatch', ({ kind, revision, error, dropped }) => {
-    logger.warn({ kind, revision, dropped }, `${error}; requested a snapshot`);
+    logger.warn({ kind, revision, dropped }, `${error}, so the worker requested a snapshot`);
   });
   agent.on('error', (error) => logger.warn(errorFields(error), error.message));
 }
@@ -100,8 +100,7 @@ function createShutdown(agent: WorkerAgent, proxy: WorkerProxy, logger: Logger) 
   };
 }
 
-async function runWorker(settings: WorkerSettings, logger: Logger): Promise<void> {
-  const workerToken = await readWorkerToken(settings.dataDir);
+function createWorker(settings: WorkerSettings, workerToken: string) {
   const table = new RouteTable();
   const proxy = new WorkerProxy({
     table,
@@ -117,12 +116,17 @@ async function runWorker(settings: WorkerSettings, logger: Logger): Promise<void
     table,
     collectStats: () => proxy.collectStats(),
   });
+  return { proxy, agent };
+}
+
+async function runWorker(settings: WorkerSettings, logger: Logger): Promise<void> {
+  const { proxy, agent } = createWorker(settings, await readWorkerToken(settings.dataDir));
   logAgentEvents(agent, logger);
   logProxyEvents(proxy, agent, logger);
 
   const shutdown = createShutdown(agent, proxy, logger);
   agent.on('stopped', ({ reason, detail }) => {
-    logger.fatal({ reason }, `${detail}; stopping`);
+    logger.fatal({ reason }, `${detail}, stopping`);
     void shutdown(1);
   });
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {

@@ -67,7 +67,11 @@ function allowListOf(route: WireRoute): BlockList {
   return list;
 }
 
-/** Returns whether the route is served as HTTP (with WebSocket upgrades) instead of TCP. */
+/**
+ * Returns whether the route is served as HTTP (with WebSocket upgrades) instead of TCP.
+ * NOTE: `grpc` and `h2` routes are proxied as HTTP/1.1 only, so clients that open cleartext
+ * HTTP/2 with prior knowledge, as gRPC clients do, are not served.
+ */
 export function isHttpRoute(route: WireRoute): boolean {
   return route.protocol !== 'tcp';
 }

@@ -79,6 +79,7 @@ export class WorkerSession extends EventEmitter<SessionEvents> {
   #lastSeenAt = 0;
   #upgradeStatus: number | undefined;
   #wasOpen = false;
+  #isClosing = false;
 
   constructor(options: SessionOptions) {
     super();
@@ -113,6 +114,7 @@ export class WorkerSession extends EventEmitter<SessionEvents> {
   close(code = 1000, reason = ''): void {
     const socket = this.#socket;
     if (socket === null) return;
+    this.#isClosing = true;
     if (socket.readyState === WebSocket.CONNECTING) return socket.terminate();
 
     socket.close(code, reason);
@@ -148,8 +150,9 @@ export class WorkerSession extends EventEmitter<SessionEvents> {
   }
 
   #onSocketError(error: Error): void {
-    // A rejected upgrade is reported through its status in SessionEnd instead.
-    if (this.#upgradeStatus !== undefined) return;
+    // A rejected upgrade is reported through its status in SessionEnd instead, and errors
+    // of a session being closed on purpose are expected.
+    if (this.#upgradeStatus !== undefined || this.#isClosing) return;
 
     const url = this.#options.coordinatorUrl;
     this.emit('error', new SessionError(url, undefined, error.message, { cause: error }));
