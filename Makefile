@@ -24,3 +24,7 @@ test: install typecheck
 
 demo: install
 	node --import tsx src/demo/demo.ts
+
+# Benchmarks are never part of `make test`.
+bench: install
+	node --import tsx bench/route-latency.ts

@@ -21,7 +21,7 @@ import type { CoordinatorConfig } from './config.ts';
 import { Sweeper } from './sweeper.ts';
 import { Authenticator, loadTokens } from './tokens.ts';
 
-/** A write is answered 503 when it has not committed by then, in ms. */
+/** A write fails with 503 when it has not committed by then, in ms. */
 const WRITE_TIMEOUT_MS = 2000;
 
 export interface Coordinator {

@@ -90,7 +90,7 @@ export class Sweeper {
 
   async #detectLost(): Promise<void> {
     const deadlineMs = this.#options.heartbeatIntervalMs * this.#options.heartbeatMisses;
-    // Heartbeats could not be recorded before this point, so nobody is judged on that gap.
+    // Heartbeats could not be recorded before this point, so no worker is judged on that gap.
     if (Date.now() - this.#watchingSince < deadlineMs) return;
     const cutoff = new Date(Date.now() - deadlineMs);
     if ((await this.#options.workers.silentWorkers(cutoff)).length === 0) return;

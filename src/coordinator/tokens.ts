@@ -7,7 +7,7 @@ import { hashToken } from '../services/workers.ts';
 export type TokenKind = 'manager' | 'worker' | 'read';
 export const TOKEN_KINDS: readonly TokenKind[] = ['manager', 'worker', 'read'];
 
-/** Who a bearer token belongs to. */
+/** The owner of a bearer token. */
 export type Principal =
   | { kind: TokenKind }
   | { kind: 'session'; workerId: string; instanceId: string; generation: number };

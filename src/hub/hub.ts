@@ -232,7 +232,7 @@ export class Hub implements SessionHost {
     }
   }
 
-  /** Closes sessions whose socket stopped answering pings, or that read too slowly. */
+  /** Closes sessions whose socket stopped responding to pings, or that read too slowly. */
   #checkSockets(): void {
     const now = Date.now();
     const silenceMs = this.#options.heartbeatIntervalMs * this.#options.heartbeatMisses;

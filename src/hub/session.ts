@@ -17,7 +17,7 @@ import type { ChangeRecord } from '../store/writer.ts';
 import type { InstanceKey } from '../store/workers.ts';
 import { foldChanges, type ResumePlan, type TableSnapshot } from './sync.ts';
 
-/** What a session needs from the hub that owns it. */
+/** Hub operations a session calls. */
 export interface SessionHost {
   readonly epoch: string;
   /** The last revision the change feed delivered. */
@@ -51,7 +51,7 @@ const FIRST_BACKOFF_MS = 1000;
 const MAX_BACKOFF_MS = 60_000;
 
 /**
- * One worker instance's WebSocket session: answers hello with a snapshot or
+ * One worker instance's WebSocket session: replies to hello with a snapshot or
  * a diff, then pushes each change of the worker's table as a diff.
  *
  * Invariant: the worker's table is at `#sentRevision` with `#digest` once it

@@ -84,7 +84,7 @@ export type ResumePlan =
   | { kind: 'snapshot'; reason: string };
 
 /**
- * Decides how a worker that holds the table of `fromRevision` with `digest`
+ * Decides how a worker that has the table of `fromRevision` with `digest`
  * catches up: a diff when the change log still covers that revision and the
  * digest matches the table the coordinator expects there, else a snapshot.
  */

@@ -15,7 +15,7 @@ export class EventService {
   /**
    * Returns events after `since` and the current revision.
    *
-   * @throws CompactedError when the log no longer holds every event after `since`.
+   * @throws CompactedError when the log no longer contains every event after `since`.
    */
   async list(since: number, limit: number): Promise<{ events: RouteEvent[]; revision: number }> {
     const changes = await this.changesAfter(since, limit);

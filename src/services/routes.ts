@@ -25,7 +25,7 @@ import {
   withRandomSuffix,
 } from './placement.ts';
 
-/** Where a route should go, and the constraints it must meet. */
+/** A placement request: the route and the constraints its worker must meet. */
 export interface PlacementRequest {
   protocol: RouteProtocol;
   service: string;

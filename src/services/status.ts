@@ -10,7 +10,7 @@ export interface Health {
   workers?: { alive: number; lost: number };
 }
 
-/** Reports whether the database answers, with the revision and worker counts. */
+/** Reads whether the database responds, with the revision and worker counts. */
 export async function readHealth(sql: Sql, timeoutMs: number): Promise<Health> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {

@@ -15,7 +15,7 @@ import * as store from '../store/workers.ts';
 import type { WriteTx, Writer } from '../store/writer.ts';
 import { placeRoute } from './routes.ts';
 
-/** Routes returned in a registration answer; the session's snapshot carries the rest. */
+/** Routes returned in a registration response; the session's snapshot carries the rest. */
 const REGISTRATION_ROUTE_LIMIT = 1000;
 
 /** Routes moved by one failover transaction. */

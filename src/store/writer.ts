@@ -133,7 +133,7 @@ type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
 export interface WriterOptions {
   /** Most jobs sharing one transaction. */
   maxBatch: number;
-  /** A job not committed by then is answered with DatabaseUnavailableError, in ms. */
+  /** A job not committed by then fails with DatabaseUnavailableError, in ms. */
   timeoutMs: number;
   /** Called with the rows of each committed transaction, in revision order. */
   onCommit: (changes: ChangeRecord[]) => void;
@@ -231,7 +231,7 @@ function settle(queued: QueuedJob, outcome: Outcome): void {
   else queued.reject(outcome.error);
 }
 
-/** Maps a database failure to the error the client sees. */
+/** Maps a database failure to the error the client receives. */
 export function toAppError(error: unknown): unknown {
   if (error instanceof AppError) return error;
   const code = (error as { code?: string }).code;
