@@ -132,7 +132,10 @@ export class EventStream {
     attempt.openedAtMs = Date.now();
     const isReconnect = this.#hasConnected;
     this.#hasConnected = true;
-    if (isReconnect) this.#options.onNotice(`Reconnected; ${this.#describeResume()}`);
+    // Tells the operator, on stderr, from which revision the output starts.
+    const verb = isReconnect ? 'Reconnected' : 'Connected';
+    const target = stripQuery(attempt.socket.url);
+    this.#options.onNotice(`${verb} to ${target}; following ${this.#resumePoint()}`);
     this.#startPings(attempt.socket);
     this.#options.onOpen?.(isReconnect);
   }
@@ -207,7 +210,7 @@ export class EventStream {
     if (this.#failures <= 3 || this.#failures % 10 === 0) {
       const seconds = (delayMs / 1000).toFixed(1);
       this.#options.onNotice(
-        `${dropDescription}; reconnecting in ${seconds}s, ${this.#describeResume()}`,
+        `${dropDescription}; reconnecting in ${seconds}s to follow ${this.#resumePoint()}`,
       );
     }
     this.#retryTimer = setTimeout(() => this.#connect(), delayMs);
@@ -220,10 +223,10 @@ export class EventStream {
     return Math.round(ceilingMs * (0.5 + Math.random() / 2));
   }
 
-  #describeResume(): string {
+  #resumePoint(): string {
     return this.#lastRevision === undefined
-      ? 'following live events'
-      : `resuming after revision ${this.#lastRevision}`;
+      ? 'live events'
+      : `events after revision ${this.#lastRevision}`;
   }
 
   #startPings(socket: WebSocket): void {
@@ -248,8 +251,12 @@ function attemptWasStable(attempt: Attempt | undefined): boolean {
   return openedAtMs !== undefined && Date.now() - openedAtMs >= STABLE_CONNECTION_MS;
 }
 
+function stripQuery(url: string): string {
+  return url.replace(/\?.*$/, '');
+}
+
 function describeDrop(attempt: Attempt, code: number, reason: string): string {
-  const target = `Event stream at ${attempt.socket.url.replace(/\?.*$/, '')}`;
+  const target = `Event stream at ${stripQuery(attempt.socket.url)}`;
   if (attempt.rejection) return `${target} was rejected: ${attempt.rejection.message}`;
   if (attempt.openedAtMs === undefined) {
     const cause = errorCode(attempt.error) ?? attempt.error?.message ?? 'no answer';

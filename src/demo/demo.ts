@@ -112,7 +112,7 @@ async function startCoordinator(state: DemoState): Promise<Coordinator> {
   const child = launch(state, 'coordinator', 'appproxy-coordinator', args);
 
   const health = await pollUntil(
-    `waiting for GET ${url}/health to answer 200`,
+    `waiting for GET ${url}/health to return 200`,
     () => fetchHealth(url),
     { timeoutMs: COORDINATOR_START_MS, watched: [child] },
   );
@@ -174,7 +174,7 @@ async function createRoute(
     backends: [{ host: HOST, port: backend.port }],
   };
   const created = await postRoute(coordinator.manager, body);
-  detail(`route ${created.id} on port ${created.port}, status ${created.status}`);
+  detail(`created route ${created.id} on port ${created.port}`);
 
   const route = await pollUntil(
     `waiting for route ${created.id} to become active (acknowledged by the worker)`,
@@ -224,7 +224,7 @@ async function fetchThroughWorker(state: DemoState, route: Route): Promise<void>
   const url = userUrl(route, '/lab?from=demo');
   step(state, `Opening ${url} through the worker, as a user would`);
   const response = await pollUntil(
-    `waiting for ${url} to answer`,
+    `waiting for ${url} to respond`,
     () => fetch(url, { signal: AbortSignal.timeout(2_000) }),
     { timeoutMs: REQUEST_MS, watched: state.children },
   );

@@ -278,7 +278,10 @@ describe('appproxy tail', () => {
       assert.deepEqual(revisionsOf(run.stdout()), [1, 2, 3, 4, 5]);
       assert.equal(fake.streamQueries[0].get('since'), '0');
       assert.equal(fake.streamQueries[1].get('since'), '3');
-      assert.match(run.stderr(), /resuming after revision 3/);
+      assert.match(
+        run.stderr(),
+        /Reconnected to ws:\/\/127\.0\.0\.1:\d+\/events\/stream; following events after revision 3/,
+      );
     } finally {
       await fake.close();
     }

@@ -338,8 +338,10 @@ describe('appproxy against a real coordinator', () => {
 
   test('tail prints a live event readably', async () => {
     const run = startCli(['tail'], coordinator.url, tokens.read);
-    // The CLI reads the current revision at start; a route created before that is not live.
-    await sleep(2_500);
+    // Without --since, only routes created after the stream is connected are printed.
+    await waitFor('tail to connect', 10_000, async () =>
+      run.stderr().includes('Connected to') ? true : undefined,
+    );
     const route = await createRoute('it-live', 'jupyter');
     created.push(route);
     const line = await waitFor('the live route.created line', 10_000, async () =>
