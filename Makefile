@@ -4,7 +4,7 @@ UNIT_TESTS := $(wildcard test/*.test.ts test/*/*.test.ts)
 # Suites that run a second time on the embedded database.
 EMBEDDED_TESTS := $(wildcard test/store/*.test.ts test/e2e/*.test.ts)
 
-.PHONY: install run test typecheck demo bench
+.PHONY: install run test typecheck demo bench fuzz
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -28,3 +28,7 @@ demo: install
 # Benchmarks are never part of `make test`.
 bench: install
 	node --import tsx bench/route-latency.ts
+
+# A longer fuzz run with a new seed each time; `make test` runs a short one with a fixed seed.
+fuzz: install
+	APPPROXY_FUZZ_RUNS=5000 APPPROXY_FUZZ_SEED=$$RANDOM $(NODE_TEST) test/security/fuzz.test.ts
