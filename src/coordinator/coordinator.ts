@@ -10,6 +10,7 @@ import { ChangeFeed } from '../hub/feed.ts';
 import { Hub } from '../hub/hub.ts';
 import type { Logger } from '../log.ts';
 import { EventService } from '../services/events.ts';
+import { PresenceService } from '../services/presence.ts';
 import { RouteService } from '../services/routes.ts';
 import { readHealth } from '../services/status.ts';
 import { WorkerService } from '../services/workers.ts';
@@ -23,6 +24,10 @@ import { Authenticator, loadTokens } from './tokens.ts';
 
 /** A write fails with 503 when it has not committed by then, in ms. */
 const WRITE_TIMEOUT_MS = 2000;
+
+/** How often a coordinator records that it runs, and when it counts as stopped, in ms. */
+const PRESENCE_INTERVAL_MS = 2000;
+const PRESENCE_TIMEOUT_MS = 10_000;
 
 export interface Coordinator {
   /** Base URL of the REST API, such as http://127.0.0.1:6030. */
@@ -73,6 +78,11 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
   await feed.start();
 
   const coordinatorId = randomUUID();
+  const presence = new PresenceService(db.sql, writer, coordinatorId);
+  await presence.touch();
+  const presenceTimer = setInterval(() => {
+    presence.touch().catch((error) => log.debug({ err: error }, 'recording presence failed'));
+  }, PRESENCE_INTERVAL_MS);
   const hub = new Hub({
     sql: db.sql,
     feed,
@@ -123,6 +133,8 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
     compactionIntervalMs: 30_000,
     // The embedded database serves one process over one connection: no lock needed.
     useLock: !db.isEmbedded,
+    presence,
+    presenceTimeoutMs: PRESENCE_TIMEOUT_MS,
   });
   sweeper.start();
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
@@ -139,6 +151,8 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
       stream.close();
       server.closeAllConnections();
       await feed.stop();
+      clearInterval(presenceTimer);
+      await presence.leave().catch(() => {});
       await db.close();
       log.info('coordinator stopped');
     },

@@ -1,5 +1,6 @@
 import type postgres from 'postgres';
 import type { Logger } from '../log.ts';
+import type { PresenceService } from '../services/presence.ts';
 import type { WorkerService } from '../services/workers.ts';
 import { compactChanges } from '../store/changes.ts';
 import type { Sql } from '../store/database.ts';
@@ -17,6 +18,9 @@ export interface SweeperOptions {
   compactionIntervalMs: number;
   /** Whether to take the advisory lock; false only where one coordinator can exist. */
   useLock: boolean;
+  presence?: PresenceService;
+  /** A coordinator not seen for this long has stopped; its sessions are released, in ms. */
+  presenceTimeoutMs?: number;
 }
 
 /**
@@ -79,6 +83,7 @@ export class Sweeper {
 
   async #sweep(): Promise<void> {
     await this.#detectLost();
+    await this.#releaseOrphanedSessions();
     const moved = await this.#options.workers.failOver();
     if (moved.length > 0) this.#log.info({ routes: moved.length }, 'routes failed over');
     if (Date.now() - this.#lastCompactionAt >= this.#options.compactionIntervalMs) {
@@ -99,6 +104,16 @@ export class Sweeper {
         { worker_id: worker.id, authority: worker.authority, deadline_ms: deadlineMs },
         'worker lost: no heartbeat within the deadline',
       );
+    }
+  }
+
+  async #releaseOrphanedSessions(): Promise<void> {
+    const { presence, presenceTimeoutMs = 10_000 } = this.#options;
+    // Right after an outage nobody could record presence, so wait one timeout first.
+    if (!presence || Date.now() - this.#watchingSince < presenceTimeoutMs) return;
+    const released = await presence.releaseOrphanedSessions(new Date(Date.now() - presenceTimeoutMs));
+    if (released > 0) {
+      this.#log.warn({ sessions: released }, 'released sessions of a coordinator that stopped');
     }
   }
 

@@ -152,7 +152,7 @@ export class Hub implements SessionHost {
       { worker_id: session.key.workerId, instance_id: session.key.instanceId },
       'worker disconnected',
     );
-    this.#options.workers.closeSession(session.key).catch((error) => {
+    this.#options.workers.closeSession(session.key, this.#options.coordinatorId).catch((error) => {
       this.#log.warn({ err: error, worker_id: session.key.workerId }, 'recording a disconnect failed');
     });
   }

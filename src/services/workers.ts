@@ -176,13 +176,11 @@ export class WorkerService {
     });
   }
 
-  closeSession(key: store.InstanceKey): Promise<void> {
+  /** Marks a session closed unless another coordinator took the instance over meanwhile. */
+  closeSession(key: store.InstanceKey, coordinatorId: string): Promise<void> {
     return this.#writer.run(async (tx) => {
-      const isCurrent = await store.setInstanceSession(tx.sql, key, {
-        coordinatorId: null,
-        at: tx.now,
-      });
-      if (!isCurrent) return;
+      const isHeld = await store.releaseInstanceSession(tx.sql, key, coordinatorId);
+      if (!isHeld) return;
       const worker = (await store.findWorkerRecord(tx.sql, key.workerId)) as store.WorkerRecord;
       const event = subject(worker, key.instanceId);
       tx.record({ type: 'worker.disconnected', worker_id: worker.id, worker: event });

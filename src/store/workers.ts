@@ -278,6 +278,27 @@ export async function setInstanceSession(
   return true;
 }
 
+/**
+ * Marks an instance's session closed, but only while `holderId` still holds
+ * it: a session that moved to another coordinator meanwhile stays open.
+ *
+ * @returns false when another coordinator or registration holds the instance.
+ */
+export async function releaseInstanceSession(
+  q: Queryable,
+  key: InstanceKey,
+  holderId: string,
+): Promise<boolean> {
+  const rows = await q`
+    UPDATE worker_instances SET coordinator_id = NULL
+    WHERE worker_id = ${key.workerId} AND instance_id = ${key.instanceId}
+      AND generation = ${key.generation} AND coordinator_id = ${holderId}
+    RETURNING 1`;
+  if (rows.length === 0) return false;
+  await refreshAppliedRevision(q, key.workerId);
+  return true;
+}
+
 /** Writes heartbeat times of many instances in one statement; fenced by generation. */
 export async function writeHeartbeats(
   q: Queryable,

@@ -22,6 +22,13 @@ export interface ScriptedWorkerOptions {
   autoAck?: boolean;
   /** Send heartbeats every interval (default true). */
   heartbeats?: boolean;
+  /** Delays each automatic ack by this many ms, acking the revision it was due for. */
+  ackDelayMs?: number;
+  /**
+   * Returns an error text to reject a snapshot or diff with a `rejected` nack;
+   * the worker then applies nothing from that message.
+   */
+  reject?: (message: Record<string, any>) => string | undefined;
 }
 
 /**
@@ -150,11 +157,28 @@ export class ScriptedWorker {
     for (const waiter of waiters) waiter();
   }
 
+  /** Stops heartbeats and stops reading the socket, like a frozen process; sends no close. */
+  freeze(): void {
+    clearInterval(this.#heartbeatTimer);
+    this.#socket?.pause();
+  }
+
   #receive(message: Record<string, any>): void {
     this.messages.push(message);
-    if (message.type === 'snapshot') this.#applySnapshot(message as SnapshotMessage);
-    if (message.type === 'diff') this.#applyDiff(message as DiffMessage);
+    const rejection = this.#rejection(message);
+    if (rejection !== undefined) {
+      this.send({ type: 'nack', revision: message.revision, reason: 'rejected', error: rejection });
+    } else if (message.type === 'snapshot') {
+      this.#applySnapshot(message as SnapshotMessage);
+    } else if (message.type === 'diff') {
+      this.#applyDiff(message as DiffMessage);
+    }
     this.#notify();
+  }
+
+  #rejection(message: Record<string, any>): string | undefined {
+    if (message.type !== 'snapshot' && message.type !== 'diff') return undefined;
+    return this.options.reject?.(message);
   }
 
   #applySnapshot(message: SnapshotMessage): void {
@@ -184,7 +208,10 @@ export class ScriptedWorker {
       this.send({ type: 'nack', revision: this.revision, reason: 'digest_mismatch', error: 'digest mismatch' });
       return;
     }
-    if (this.options.autoAck) this.ack();
+    if (!this.options.autoAck) return;
+    if (!this.options.ackDelayMs) return this.ack();
+    const ack = { type: 'ack', revision: this.revision, digest: this.digest };
+    setTimeout(() => this.send(ack), this.options.ackDelayMs);
   }
 }
 
