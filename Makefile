@@ -4,7 +4,7 @@ UNIT_TESTS := $(wildcard test/*.test.ts test/*/*.test.ts)
 # Suites that run a second time on the embedded database.
 EMBEDDED_TESTS := $(wildcard test/store/*.test.ts test/e2e/*.test.ts)
 
-.PHONY: install run test typecheck demo bench fuzz
+.PHONY: install run test typecheck demo bench bench-compare fuzz
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -28,6 +28,11 @@ demo: install
 # Benchmarks are never part of `make test`.
 bench: install
 	node --import tsx bench/route-latency.ts
+	node --import tsx bench/compare.ts
+
+# Only the side-by-side comparison with configurable-http-proxy.
+bench-compare: install
+	node --import tsx bench/compare.ts
 
 # A longer fuzz run with a new seed each time; `make test` runs a short one with a fixed seed.
 fuzz: install

@@ -1,0 +1,295 @@
+// Runs the coordinator and configurable-http-proxy side by side on this
+// machine: route writes, proxied requests, and coordinator memory. Each figure
+// is the median of RUNS runs with min and max, the two systems alternating.
+// Stops by itself; writes its section of docs/benchmarks.md.
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import autocannon from 'autocannon';
+import postgres from 'postgres';
+import { createTestDatabase } from '../test/helpers/database.ts';
+import { freePort, startCoordinatorProcess } from '../test/helpers/processes.ts';
+import { ScriptedWorker } from '../test/helpers/scripted-worker.ts';
+import {
+  ROOT,
+  formatSpread,
+  machineFacts,
+  quantile,
+  residentBytes,
+  runConcurrently,
+  spread,
+  startChild,
+  waitUntil,
+  writeSection,
+  type Spread,
+} from './support.ts';
+
+const ROUTES = Number(process.env.BENCH_ROUTES ?? 10_000);
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const WORKERS = 10;
+const PROXY_SECONDS = Number(process.env.BENCH_PROXY_SECONDS ?? 5);
+const MEMORY_WORKERS = Number(process.env.BENCH_MEMORY_WORKERS ?? 500);
+const CHP_TOKEN = randomUUID();
+
+/** A typical route: two backends and three labels, about 300 bytes of JSON. */
+function routeBody(sessionId: string) {
+  return {
+    session_id: sessionId,
+    service: 'jupyter',
+    backends: [
+      { host: '10.20.30.40', port: 8888 },
+      { host: '10.20.30.41', port: 8888 },
+    ],
+    labels: { owner: 'user-0042', project: 'vision-research', tier: 'interactive' },
+  };
+}
+
+interface WriteFigures {
+  ratePerS: number;
+  p50Ms: number;
+  p99Ms: number;
+}
+
+async function timeWrites(concurrency: number, write: (i: number) => Promise<void>): Promise<WriteFigures> {
+  const { latenciesMs, elapsedMs } = await runConcurrently(ROUTES, concurrency, write);
+  return {
+    ratePerS: (ROUTES / elapsedMs) * 1000,
+    p50Ms: quantile(latenciesMs, 0.5),
+    p99Ms: quantile(latenciesMs, 0.99),
+  };
+}
+
+async function expectOk(response: Response, what: string): Promise<void> {
+  const text = await response.text();
+  if (response.status >= 300) throw new Error(`${what} failed: ${response.status} ${text}`);
+}
+
+async function main() {
+  const db = await createTestDatabase();
+  const coordinator = await startCoordinatorProcess({
+    databaseUrl: db.url,
+    dataDir: db.dataDir,
+    env: { APPPROXY_LOG_LEVEL: 'warn' },
+  });
+  const tokens = await coordinator.tokens();
+  const managerHeaders = { authorization: `Bearer ${tokens.manager}`, 'content-type': 'application/json' };
+  const workers = await connectWorkers(coordinator.url, tokens.worker, WORKERS, 'bench');
+
+  const chpPort = await freePort();
+  const chpApiPort = await freePort();
+  const chp = startChild(
+    path.join(ROOT, 'node_modules', '.bin', 'configurable-http-proxy'),
+    ['--ip', '127.0.0.1', '--port', String(chpPort), '--api-ip', '127.0.0.1',
+      '--api-port', String(chpApiPort), '--log-level', 'error'],
+    { CONFIGPROXY_AUTH_TOKEN: CHP_TOKEN },
+  );
+  const chpHeaders = { authorization: `token ${CHP_TOKEN}`, 'content-type': 'application/json' };
+  await waitUntil('configurable-http-proxy', 15_000, async () => {
+    const response = await fetch(`http://127.0.0.1:${chpApiPort}/api/routes`, { headers: chpHeaders });
+    return response.status === 200;
+  });
+
+  const floorSql = postgres(db.url as string, { max: 1, onnotice: () => {} });
+  await floorSql`CREATE TABLE bench_floor (id uuid PRIMARY KEY, body jsonb NOT NULL)`;
+
+  const writes = await measureWrites({ coordinatorUrl: coordinator.url, managerHeaders, chpApiPort, chpHeaders, floorSql });
+  const proxy = await measureProxy({ coordinatorUrl: coordinator.url, tokens, managerHeaders, chpApiPort, chpPort, chpHeaders });
+  const memory = await measureMemory(coordinator, tokens, managerHeaders);
+
+  await floorSql.end();
+  for (const worker of workers) await worker.close();
+  chp.child.kill('SIGTERM');
+  await coordinator.stop();
+  await db.drop();
+  await report(writes, proxy, memory);
+}
+
+async function connectWorkers(url: string, token: string, count: number, prefix: string) {
+  const workers: ScriptedWorker[] = [];
+  for (let i = 0; i < count; i++) {
+    const worker = new ScriptedWorker({
+      coordinatorUrl: url,
+      workerToken: token,
+      authority: `${prefix}-${i}`,
+      mode: 'wildcard',
+      wildcardDomain: `.${prefix}-${i}.example.test`,
+    });
+    await worker.register({ advertised_port: 80 });
+    await worker.connect();
+    workers.push(worker);
+  }
+  for (const worker of workers) await worker.waitFor(() => worker.messages.length > 0, 30_000, 'snapshot');
+  return workers;
+}
+
+async function measureWrites(options: {
+  coordinatorUrl: string;
+  managerHeaders: Record<string, string>;
+  chpApiPort: number;
+  chpHeaders: Record<string, string>;
+  floorSql: postgres.Sql;
+}) {
+  const results: Record<string, WriteFigures[]> = {};
+  const add = (name: string, figures: WriteFigures) => (results[name] ??= []).push(figures);
+  for (let run = 0; run < RUNS; run++) {
+    for (const concurrency of [1, 32]) {
+      const tag = `${run}-${concurrency}-${randomUUID().slice(0, 8)}`;
+      add(`coordinator, ${concurrency} at a time`, await timeWrites(concurrency, async (i) => {
+        const response = await fetch(`${options.coordinatorUrl}/routes`, {
+          method: 'POST',
+          headers: options.managerHeaders,
+          body: JSON.stringify(routeBody(`w${tag}-${i}`)),
+        });
+        await expectOk(response, 'POST /routes');
+      }));
+      add(`configurable-http-proxy, ${concurrency} at a time`, await timeWrites(concurrency, async (i) => {
+        const response = await fetch(`http://127.0.0.1:${options.chpApiPort}/api/routes/u/${tag}-${i}`, {
+          method: 'POST',
+          headers: options.chpHeaders,
+          body: JSON.stringify({ target: 'http://10.20.30.40:8888' }),
+        });
+        await expectOk(response, 'POST /api/routes');
+      }));
+    }
+    add('bare INSERT, 1 at a time', await timeWrites(1, async () => {
+      await options.floorSql`INSERT INTO bench_floor VALUES (${randomUUID()}, ${JSON.stringify(routeBody('x'))}::text::jsonb)`;
+    }));
+  }
+  return results;
+}
+
+async function measureProxy(options: {
+  coordinatorUrl: string;
+  tokens: { manager: string; worker: string };
+  managerHeaders: Record<string, string>;
+  chpApiPort: number;
+  chpPort: number;
+  chpHeaders: Record<string, string>;
+}) {
+  const backendPort = await freePort();
+  const backend = startChild(process.execPath, ['-e',
+    `require('http').createServer((q, s) => s.end('hello from the backend\\n')).listen(${backendPort}, '127.0.0.1')`]);
+  const firstPort = await freePort();
+  const worker = startChild(path.join(ROOT, 'bin', 'appproxy-worker'), [
+    '--authority', 'bench-proxy', '--mode', 'port', '--port-range', `${firstPort}-${firstPort}`,
+    '--log-level', 'warn',
+  ], { APPPROXY_COORDINATOR_URL: options.coordinatorUrl, APPPROXY_WORKER_TOKEN: options.tokens.worker });
+  let workerId = '';
+  await waitUntil('reference worker', 20_000, async () => {
+    const response = await fetch(`${options.coordinatorUrl}/workers`, { headers: options.managerHeaders });
+    const found = (await response.json()).workers.find((w: any) => w.authority === 'bench-proxy' && w.connected);
+    workerId = found?.id ?? '';
+    return workerId !== '';
+  });
+  const created = await fetch(`${options.coordinatorUrl}/routes?wait=applied&timeout_ms=10000`, {
+    method: 'POST',
+    headers: options.managerHeaders,
+    body: JSON.stringify({ session_id: 'bench-proxy', service: 'web', worker_id: workerId,
+      backends: [{ host: '127.0.0.1', port: backendPort }] }),
+  });
+  const route = await created.json();
+  await expectOk(await fetch(`http://127.0.0.1:${options.chpApiPort}/api/routes/`, {
+    method: 'POST', headers: options.chpHeaders, body: JSON.stringify({ target: `http://127.0.0.1:${backendPort}` }),
+  }), 'CHP route');
+  await waitUntil('route served by the worker', 10_000, async () => (await fetch(route.url)).status === 200);
+
+  const targets = {
+    'reference worker': route.url,
+    'configurable-http-proxy': `http://127.0.0.1:${options.chpPort}/`,
+    'backend directly': `http://127.0.0.1:${backendPort}/`,
+  };
+  const results: Record<string, Array<{ rate: number; p99: number }>> = {};
+  for (let run = 0; run < RUNS; run++) {
+    for (const [name, url] of Object.entries(targets)) {
+      const result = await autocannon({ url, connections: 50, duration: PROXY_SECONDS });
+      (results[name] ??= []).push({ rate: result.requests.average, p99: result.latency.p99 });
+    }
+  }
+  worker.child.kill('SIGTERM');
+  backend.child.kill('SIGTERM');
+  return results;
+}
+
+async function measureMemory(
+  coordinator: Awaited<ReturnType<typeof startCoordinatorProcess>>,
+  tokens: { worker: string },
+  managerHeaders: Record<string, string>,
+) {
+  const pid = coordinator.child.pid as number;
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const before = await residentBytes(pid);
+  const extra = await connectWorkers(coordinator.url, tokens.worker, MEMORY_WORKERS, 'mem');
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const afterWorkers = await residentBytes(pid);
+  const routeCountBefore = await countRoutes(coordinator.url, managerHeaders);
+  await runConcurrently(ROUTES, 32, async (i) => {
+    const response = await fetch(`${coordinator.url}/routes`, {
+      method: 'POST', headers: managerHeaders, body: JSON.stringify(routeBody(`mem-${i}`)),
+    });
+    await expectOk(response, 'POST /routes');
+  });
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const afterRoutes = await residentBytes(pid);
+  for (const worker of extra) await worker.close();
+  return {
+    perWorkerBytes: (afterWorkers - before) / MEMORY_WORKERS,
+    perRouteBytes: (afterRoutes - afterWorkers) / ROUTES,
+    routeCountBefore,
+  };
+}
+
+async function countRoutes(url: string, headers: Record<string, string>): Promise<number> {
+  const response = await fetch(`${url}/health`, { headers });
+  return (await response.json()).revision;
+}
+
+async function report(
+  writes: Record<string, WriteFigures[]>,
+  proxy: Record<string, Array<{ rate: number; p99: number }>>,
+  memory: { perWorkerBytes: number; perRouteBytes: number },
+) {
+  const lines = [
+    '## Compared with configurable-http-proxy',
+    '',
+    `Machine: ${machineFacts()}.`,
+    `Command: \`make bench-compare\` (${ROUTES} routes per run, ${RUNS} runs, ${WORKERS} workers ` +
+      `connected and acknowledging; proxy runs of ${PROXY_SECONDS} s with 50 connections). ` +
+      'Each cell: median (min–max) over the runs, the systems alternating within each run.',
+    '',
+    '### Route writes',
+    '',
+    '| writer | routes/s | p50 ms | p99 ms |',
+    '|---|---|---|---|',
+  ];
+  for (const [name, runs] of Object.entries(writes)) {
+    const row = (pick: (f: WriteFigures) => number, digits: number) => formatSpread(spread(runs.map(pick)), digits);
+    lines.push(`| ${name} | ${row((f) => f.ratePerS, 0)} | ${row((f) => f.p50Ms, 2)} | ${row((f) => f.p99Ms, 2)} |`);
+  }
+  lines.push('', '### Proxied requests', '', '| path | requests/s | p99 ms |', '|---|---|---|');
+  for (const [name, runs] of Object.entries(proxy)) {
+    lines.push(`| ${name} | ${formatSpread(spread(runs.map((r) => r.rate)))} | ${formatSpread(spread(runs.map((r) => r.p99)))} |`);
+  }
+  const ratio = (a: Spread, b: Spread) => (a.median / b.median).toFixed(2);
+  const rates = (name: string) => spread(writes[name].map((f) => f.ratePerS));
+  const proxyRates = (name: string) => spread(proxy[name].map((r) => r.rate));
+  lines.push(
+    '',
+    '### Ratios (medians)',
+    '',
+    `- Route writes, 32 at a time, coordinator / configurable-http-proxy: ` +
+      `${ratio(rates('coordinator, 32 at a time'), rates('configurable-http-proxy, 32 at a time'))}`,
+    `- Route writes, 1 at a time, coordinator / bare INSERT: ` +
+      `${ratio(rates('coordinator, 1 at a time'), rates('bare INSERT, 1 at a time'))}`,
+    `- Proxied requests, reference worker / configurable-http-proxy: ` +
+      `${ratio(proxyRates('reference worker'), proxyRates('configurable-http-proxy'))}`,
+    '',
+    '### Coordinator memory (resident set growth, an estimate)',
+    '',
+    `- per connected worker: ${(memory.perWorkerBytes / 1024).toFixed(1)} KiB (${MEMORY_WORKERS} more workers)`,
+    `- per route held: ${(memory.perRouteBytes / 1024).toFixed(2)} KiB (${ROUTES} more routes; routes live in PostgreSQL, not in coordinator memory)`,
+  );
+  const markdown = lines.join('\n');
+  console.log(markdown);
+  await writeSection('compare', markdown);
+}
+
+await main();
