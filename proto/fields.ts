@@ -78,8 +78,10 @@ export const SubdomainSchema = v.pipe(
   v.regex(/^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/, 'must be one DNS label'),
 );
 
+/** A wildcard domain such as `.apps.example.test`, stored and matched in lower case. */
 export const WildcardDomainSchema = v.pipe(
   v.string(),
+  v.toLowerCase(),
   v.maxLength(253),
   v.regex(/^\.[a-z0-9]/, 'must start with a dot, such as .apps.example.test'),
   v.check((value) => isHost(value.slice(1)), 'must be a DNS domain'),

@@ -66,26 +66,98 @@ export const RegisterWorkerBodySchema = v.pipe(
 );
 export type RegisterWorkerBody = v.InferOutput<typeof RegisterWorkerBodySchema>;
 
-export const CreateRouteBodySchema = v.strictObject({
-  session_id: SessionIdSchema,
+/** Seconds without client activity after which a route is deleted; at most one year. */
+export const IdleTimeoutSchema = v.pipe(
+  v.number(),
+  v.integer(),
+  v.minValue(1),
+  v.maxValue(31_536_000),
+);
+
+/** Labels a worker must carry, each with the given value, to hold a route. */
+export const WorkerSelectorSchema = LabelsSchema;
+
+// Fields of a route's spec, shared by POST /routes and PUT /sessions/:session_id/routes.
+const ROUTE_SPEC_ENTRIES = {
   service: ServiceSchema,
   backends: BackendListSchema,
   protocol: v.optional(RouteProtocolSchema, 'http'),
   mode: v.optional(RouteModeSchema, 'interactive'),
   worker_id: v.optional(UuidSchema),
+  worker_selector: v.optional(WorkerSelectorSchema),
   port: v.optional(PortSchema),
   subdomain: v.optional(SubdomainSchema),
   open_to_public: v.optional(v.boolean(), false),
   allowed_client_ips: v.optional(CidrListSchema, []),
   labels: v.optional(LabelsSchema, {}),
-});
+  idle_timeout_s: v.optional(IdleTimeoutSchema),
+};
+
+interface AddressFields {
+  protocol: string;
+  port?: number;
+  subdomain?: string;
+}
+
+const hasOneAddressKind = (body: AddressFields) =>
+  body.port === undefined || body.subdomain === undefined;
+const ONE_ADDRESS_KIND = 'give port (port mode) or subdomain (wildcard mode), not both';
+
+const isTcpWithoutSubdomain = (body: AddressFields) =>
+  body.protocol !== 'tcp' || body.subdomain === undefined;
+const TCP_WITHOUT_SUBDOMAIN = 'tcp routes are served only in port mode, so they take no subdomain';
+
+/** A route spec without its session: one item of PUT /sessions/:session_id/routes. */
+export const SessionRouteSchema = v.pipe(
+  v.strictObject(ROUTE_SPEC_ENTRIES),
+  v.forward(v.check((body) => hasOneAddressKind(body), ONE_ADDRESS_KIND), ['subdomain']),
+  v.forward(v.check((body) => isTcpWithoutSubdomain(body), TCP_WITHOUT_SUBDOMAIN), ['subdomain']),
+);
+
+export const CreateRouteBodySchema = v.pipe(
+  v.strictObject({ session_id: SessionIdSchema, ...ROUTE_SPEC_ENTRIES }),
+  v.forward(v.check((body) => hasOneAddressKind(body), ONE_ADDRESS_KIND), ['subdomain']),
+  v.forward(v.check((body) => isTcpWithoutSubdomain(body), TCP_WITHOUT_SUBDOMAIN), ['subdomain']),
+);
 export type CreateRouteBody = v.InferOutput<typeof CreateRouteBodySchema>;
+
+/** Most routes one session may declare in PUT /sessions/:session_id/routes. */
+export const MAX_SESSION_ROUTES = 100;
+
+export const SessionRoutesBodySchema = v.pipe(
+  v.strictObject({
+    routes: v.pipe(v.array(SessionRouteSchema), v.maxLength(MAX_SESSION_ROUTES)),
+  }),
+  v.forward(
+    v.check(
+      (body) => duplicateService(body.routes) === undefined,
+      (issue) => {
+        const service = duplicateService((issue.input as { routes: Array<{ service: string }> }).routes);
+        return `service ${service} appears more than once; a session has one route per service`;
+      },
+    ),
+    ['routes'],
+  ),
+);
+export type SessionRoutesBody = v.InferOutput<typeof SessionRoutesBodySchema>;
+export type SessionRouteSpec = SessionRoutesBody['routes'][number];
+
+function duplicateService(routes: Array<{ service: string }>): string | undefined {
+  const seen = new Set<string>();
+  for (const { service } of routes) {
+    if (seen.has(service)) return service;
+    seen.add(service);
+  }
+  return undefined;
+}
 
 export const PatchRouteBodySchema = v.strictObject({
   backends: v.optional(BackendListSchema),
   open_to_public: v.optional(v.boolean()),
   allowed_client_ips: v.optional(CidrListSchema),
   labels: v.optional(LabelsSchema),
+  /** null removes the idle timeout. */
+  idle_timeout_s: v.optional(v.nullable(IdleTimeoutSchema)),
 });
 export type PatchRouteBody = v.InferOutput<typeof PatchRouteBodySchema>;
 
@@ -102,6 +174,12 @@ const RevisionQuerySchema = v.pipe(
   v.regex(/^\d{1,15}$/, 'must be a revision, an integer of 0 or more'),
   v.transform(Number),
 );
+
+export const DrainWorkerBodySchema = v.strictObject({
+  /** Also move the worker's routes to other live workers now. */
+  move: v.optional(v.boolean(), false),
+});
+export type DrainWorkerBody = v.InferOutput<typeof DrainWorkerBodySchema>;
 
 export const ListRoutesQuerySchema = v.strictObject({
   session_id: v.optional(SessionIdSchema),
@@ -159,6 +237,10 @@ export interface Route {
   open_to_public: boolean;
   allowed_client_ips: string[];
   labels: Record<string, string>;
+  /** Present only when the route expires after this many idle seconds. */
+  idle_timeout_s?: number;
+  /** Present only when the route was created with a worker selector. */
+  worker_selector?: Record<string, string>;
   status: RouteStatus;
   revision: number;
   created_at: string;
@@ -217,4 +299,21 @@ export interface RegisterWorkerResponse {
   revision: number;
   routes: Route[];
   routes_complete: boolean;
+}
+
+/** The answer of PUT /sessions/:session_id/routes: counts of changes and the resulting routes. */
+export interface SessionRoutesResponse {
+  created: number;
+  updated: number;
+  deleted: number;
+  routes: Route[];
+}
+
+/** The answer of POST /workers/:id/drain. */
+export interface DrainWorkerResponse {
+  worker: Worker;
+  /** Routes moved to other workers by this call. */
+  moved: number;
+  /** Routes still on the worker: none were asked to move, or no other worker had room. */
+  remaining: number;
 }

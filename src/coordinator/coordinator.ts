@@ -9,6 +9,7 @@ import { createHttpApp } from '../http/app.ts';
 import { ChangeFeed } from '../hub/feed.ts';
 import { Hub } from '../hub/hub.ts';
 import type { Logger } from '../log.ts';
+import { CoordinatorMetrics } from '../metrics.ts';
 import { EventService } from '../services/events.ts';
 import { PresenceService } from '../services/presence.ts';
 import { RouteService } from '../services/routes.ts';
@@ -19,11 +20,19 @@ import { openDatabase, type Database } from '../store/database.ts';
 import { migrate } from '../store/migrate.ts';
 import { Writer } from '../store/writer.ts';
 import type { CoordinatorConfig } from './config.ts';
+import { watchDatabaseConnections } from './database-log.ts';
+import { RequestTracker } from './requests.ts';
 import { Sweeper } from './sweeper.ts';
 import { Authenticator, loadTokens } from './tokens.ts';
 
 /** A write fails with 503 when it has not committed by then, in ms. */
 const WRITE_TIMEOUT_MS = 2000;
+
+/**
+ * Shutdown waits this long for requests in flight, such as writes waiting for
+ * acks, within the 10 s that main.ts allows for the whole shutdown.
+ */
+const DRAIN_TIMEOUT_MS = 4000;
 
 /** How often a coordinator records that it runs, and when it counts as stopped, in ms. */
 const PRESENCE_INTERVAL_MS = 2000;
@@ -33,7 +42,10 @@ export interface Coordinator {
   /** Base URL of the REST API, such as http://127.0.0.1:6030. */
   url: string;
   port: number;
-  /** Stops accepting, closes worker sessions with 1012, and closes the database. */
+  /**
+   * Stops accepting, waits up to DRAIN_TIMEOUT_MS for requests in flight, closes
+   * worker sessions with 1012, and closes the database.
+   */
   close(): Promise<void>;
 }
 
@@ -61,14 +73,25 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
   const { epoch } = await readMeta(db.sql);
 
   const feed = new ChangeFeed(db.sql, log, { pollIntervalMs: 1000, supportsListen: !db.isEmbedded });
+  // The live gauges read the hub and the stream only on a scrape, after both exist.
+  const metrics = new CoordinatorMetrics({
+    sql: db.sql,
+    poolSize: db.isEmbedded ? 1 : config.poolSize,
+    heartbeatIntervalMs: config.heartbeatIntervalMs,
+    log,
+    sendQueueBytes: () => hub.bufferedBytes,
+    workerSessions: () => hub.sessionCount,
+    eventStreamSubscribers: () => stream.subscriberCount,
+  });
   const writer = new Writer(db.sql, {
     maxBatch: 100,
     timeoutMs: WRITE_TIMEOUT_MS,
     onCommit: (changes) => feed.publish(changes),
+    metrics,
   });
   const heartbeat = { intervalMs: config.heartbeatIntervalMs, misses: config.heartbeatMisses };
   const routes = new RouteService(db.sql, writer);
-  const workers = new WorkerService(db.sql, writer, heartbeat);
+  const workers = new WorkerService(db.sql, writer, heartbeat, log);
   const events = new EventService(db.sql);
   const auth = new Authenticator(db.sql, async (hash) => {
     const session = await workers.findSession(hash);
@@ -95,10 +118,14 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
     limits: {
       helloTimeoutMs: 10_000,
       highWaterBytes: 1024 * 1024,
-      sendTimeoutMs: Math.max(10_000, 2 * config.heartbeatIntervalMs),
+      sendTimeoutMs: config.sessionSendTimeoutMs,
       maxMessagesPerSecond: 200,
       snapshotChunkBytes: 512 * 1024,
     },
+    admissionConcurrency: config.sessionAdmissionConcurrency,
+    // Past this many changes a resume reads more than a snapshot of a typical table would.
+    maxResumeChanges: 10_000,
+    metrics,
   });
   hub.start();
   const stream = new EventStreamServer({ feed, events, auth, log, maxBufferedBytes: 8 * 1024 * 1024 });
@@ -109,11 +136,16 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
     auth,
     log,
     health: () => readHealth(db.sql, 1500),
+    metrics: () => metrics.render(),
+    observeRequest: (request) => metrics.observeRequest(request),
     waitForApplied: (routeId, revision, timeoutMs) =>
       waitForApplied(routes, routeId, revision, timeoutMs),
+    waitForWorkerApplied: (workerId, revision, timeoutMs) =>
+      waitForWorkerApplied(workers, workerId, revision, timeoutMs),
   });
 
   const server = createServer(app.callback());
+  const requests = new RequestTracker(server);
   server.on('upgrade', (request, socket, head) => {
     void routeUpgrade(request, socket, head, { hub, stream }).catch((error) => {
       log.error({ err: error }, 'WebSocket upgrade failed');
@@ -126,17 +158,20 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
   const sweeper = new Sweeper({
     sql: db.sql,
     workers,
+    routes,
     log,
     heartbeatIntervalMs: config.heartbeatIntervalMs,
     heartbeatMisses: config.heartbeatMisses,
     changeLog: { maxAgeMs: config.changeLogMaxAgeMs, maxCount: config.changeLogMaxCount },
-    compactionIntervalMs: 30_000,
+    compactionIntervalMs: config.changeLogCompactionIntervalMs,
     // The embedded database serves one process over one connection: no lock needed.
     useLock: !db.isEmbedded,
     presence,
     presenceTimeoutMs: PRESENCE_TIMEOUT_MS,
+    metrics,
   });
   sweeper.start();
+  const stopWatchingDatabase = watchDatabaseConnections(db.sql, log);
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
   log.info({ host: config.host, port, epoch, coordinator_id: coordinatorId }, 'coordinator listening');
 
@@ -147,13 +182,20 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
       log.info('coordinator stopping');
       server.close();
       await sweeper.stop();
+      // Sessions stay open while requests drain, so writes waiting for acks can still get them.
+      if (!(await requests.drain(DRAIN_TIMEOUT_MS))) {
+        const fields = { requests: requests.inFlight, timeout_ms: DRAIN_TIMEOUT_MS };
+        log.warn(fields, 'requests still running at shutdown; closing them');
+      }
       await hub.stop(CloseCode.restarting);
+      await workers.flushActivity();
       stream.close();
       server.closeAllConnections();
       await feed.stop();
       clearInterval(presenceTimer);
       await presence.leave().catch(() => {});
       await db.close();
+      stopWatchingDatabase();
       log.info('coordinator stopped');
     },
   };
@@ -201,6 +243,26 @@ function listen(server: Server, host: string, port: number): Promise<void> {
       resolve();
     });
   });
+}
+
+/**
+ * Polls a worker until its applied revision (the lowest of its connected
+ * instances) reaches `revision`, or the timeout passes.
+ */
+async function waitForWorkerApplied(
+  workers: WorkerService,
+  workerId: string,
+  revision: number,
+  timeoutMs: number,
+): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const worker = await workers.get(workerId);
+    if (!worker) return false;
+    if (worker.connected && worker.applied_revision >= revision) return true;
+    if (Date.now() >= deadline) return false;
+    await sleep(Math.min(20, deadline - Date.now()));
+  }
 }
 
 /** Polls a route until its worker acknowledged `revision`, or the timeout passes. */

@@ -1,6 +1,8 @@
 import type postgres from 'postgres';
 import type { Logger } from '../log.ts';
+import type { SweepMetrics } from '../metrics.ts';
 import type { PresenceService } from '../services/presence.ts';
+import type { RouteService } from '../services/routes.ts';
 import type { WorkerService } from '../services/workers.ts';
 import { compactChanges } from '../store/changes.ts';
 import type { Sql } from '../store/database.ts';
@@ -11,6 +13,8 @@ const SWEEP_LOCK_KEY = 7_301_002;
 export interface SweeperOptions {
   sql: Sql;
   workers: WorkerService;
+  /** Deletes idle routes; without it no route expires. */
+  routes?: Pick<RouteService, 'expireIdle'>;
   log: Logger;
   heartbeatIntervalMs: number;
   heartbeatMisses: number;
@@ -21,10 +25,12 @@ export interface SweeperOptions {
   presence?: PresenceService;
   /** A coordinator not seen for this long has stopped; its sessions are released, in ms. */
   presenceTimeoutMs?: number;
+  /** Counts lost workers and moved routes. */
+  metrics?: SweepMetrics;
 }
 
 /**
- * Runs the periodic jobs (lost workers, failover, change-log compaction) on
+ * Runs the periodic jobs (lost workers, failover, idle expiry, change-log compaction) on
  * one coordinator at a time, under a session-level advisory lock. A tick never
  * starts while the previous one runs; one that overruns its period is logged.
  */
@@ -86,11 +92,22 @@ export class Sweeper {
     await this.#releaseOrphanedSessions();
     const moved = await this.#options.workers.failOver();
     if (moved.length > 0) this.#log.info({ routes: moved.length }, 'routes failed over');
+    for (const route of moved) {
+      const fields = { route_id: route.id, worker_id: route.worker_id, revision: route.revision };
+      this.#log.debug(fields, 'route moved');
+    }
+    this.#options.metrics?.routesFailedOver(moved.length);
+    await this.#expireIdleRoutes();
     if (Date.now() - this.#lastCompactionAt >= this.#options.compactionIntervalMs) {
       this.#lastCompactionAt = Date.now();
       const deleted = await compactChanges(this.#options.sql, this.#options.changeLog);
       if (deleted > 0) this.#log.info({ changes: deleted }, 'compacted the change log');
     }
+  }
+
+  async #expireIdleRoutes(): Promise<void> {
+    const expired = (await this.#options.routes?.expireIdle()) ?? [];
+    if (expired.length > 0) this.#log.info({ routes: expired.length }, 'deleted idle routes');
   }
 
   async #detectLost(): Promise<void> {
@@ -99,7 +116,9 @@ export class Sweeper {
     if (Date.now() - this.#watchingSince < deadlineMs) return;
     const cutoff = new Date(Date.now() - deadlineMs);
     if ((await this.#options.workers.silentWorkers(cutoff)).length === 0) return;
-    for (const worker of await this.#options.workers.markLost(cutoff)) {
+    const lost = await this.#options.workers.markLost(cutoff);
+    this.#options.metrics?.workersLost(lost.length);
+    for (const worker of lost) {
       this.#log.warn(
         { worker_id: worker.id, authority: worker.authority, deadline_ms: deadlineMs },
         'worker lost: no heartbeat within the deadline',

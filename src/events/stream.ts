@@ -52,6 +52,11 @@ export class EventStreamServer {
     for (const client of this.#server.clients) client.close(CloseCode.goingAway, 'shutting down');
   }
 
+  /** Open stream connections, for the subscribers gauge. */
+  get subscriberCount(): number {
+    return this.#server.clients.size;
+  }
+
   async #authorize(request: IncomingMessage): Promise<number> {
     const match = /^Bearer ([^\s]+)$/.exec(request.headers.authorization ?? '');
     if (!match) return 401;

@@ -28,7 +28,7 @@ export function createHttpApp(deps: HttpDeps): Koa<HttpState> {
   mountWorkerHandlers(router, deps);
   mountRouteHandlers(router, deps);
 
-  app.use(assignRequestId(deps.log));
+  app.use(assignRequestId(deps.log, deps.observeRequest));
   app.use(answerProblems);
   app.use(rejectUnmatched);
   app.use(router.routes());

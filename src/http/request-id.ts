@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Middleware, Next } from 'koa';
 import type { Logger } from '../log.ts';
+import type { RequestObservation } from '../metrics.ts';
 import type { HttpContext, HttpState } from './context.ts';
 
 /** Incoming ids are kept only in this shape, so they are safe in logs and headers. */
@@ -11,7 +12,10 @@ const REQUEST_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
  * log line of the request. A well-formed incoming `x-request-id` is kept, so
  * one id follows a call through a proxy; anything else is replaced.
  */
-export function assignRequestId(log: Logger): Middleware<HttpState> {
+export function assignRequestId(
+  log: Logger,
+  observe?: (request: RequestObservation) => void,
+): Middleware<HttpState> {
   return async (ctx: HttpContext, next: Next) => {
     const startedAt = performance.now();
     const incoming = ctx.get('x-request-id');
@@ -29,5 +33,12 @@ export function assignRequestId(log: Logger): Middleware<HttpState> {
       { method: ctx.method, path: ctx.path, status: ctx.status, duration_ms: durationMs },
       'request',
     );
+    observe?.({ method: ctx.method, route: routeTemplate(ctx), status: ctx.status, durationMs });
   };
+}
+
+/** The path pattern the router matched, such as `/routes/:id`; ids never become labels. */
+function routeTemplate(ctx: HttpContext): string {
+  const matched = (ctx as { _matchedRoute?: unknown })._matchedRoute;
+  return typeof matched === 'string' ? matched : 'unmatched';
 }

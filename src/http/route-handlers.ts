@@ -5,6 +5,7 @@ import {
   ListRoutesQuerySchema,
   LookupQuerySchema,
   PatchRouteBodySchema,
+  SessionRoutesBodySchema,
   type Route,
 } from '../../proto/index.ts';
 import { NotFoundError, ValidationError } from '../errors.ts';
@@ -29,7 +30,7 @@ const DEFAULT_WAIT_TIMEOUT_MS = 10_000;
 const MAX_WAIT_TIMEOUT_MS = 30_000;
 
 /** `?wait=applied&timeout_ms=N` of route writes. */
-const WriteQuerySchema = v.pipe(
+export const WriteQuerySchema = v.pipe(
   v.strictObject({
     wait: v.optional(v.picklist(['applied'], 'the only wait is "applied"')),
     timeout_ms: v.optional(
@@ -64,8 +65,11 @@ export function mountRouteHandlers(router: Router<HttpState>, deps: HttpDeps): v
   router.get('/routes', readers, (ctx) => listRoutes(ctx, routes));
   router.get('/routes/:id', readers, (ctx) => getRoute(ctx, routes));
   router.patch('/routes/:id', manager, readJsonBody, (ctx) => patchRoute(ctx, deps));
-  router.delete('/routes/:id', manager, (ctx) => deleteRoute(ctx, routes));
+  router.delete('/routes/:id', manager, (ctx) => deleteRoute(ctx, deps));
   router.get('/sessions/:session_id/routes', readers, (ctx) => listSessionRoutes(ctx, routes));
+  router.put('/sessions/:session_id/routes', manager, readJsonBody, (ctx) =>
+    replaceSessionRoutes(ctx, routes),
+  );
   router.delete('/sessions/:session_id/routes', manager, (ctx) => deleteSessionRoutes(ctx, routes));
 
   const lookupTokens = requireToken(auth, ['manager', 'read', 'session']);
@@ -144,17 +148,44 @@ async function getRoute(ctx: Ctx, routes: Routes): Promise<void> {
   answerRoute(ctx, route, 200);
 }
 
-async function deleteRoute(ctx: Ctx, routes: Routes): Promise<void> {
+/**
+ * Deletes a route. With `wait=applied` it answers 204 once every connected
+ * instance of the route's worker has acknowledged the deletion, and 202 with
+ * the deletion's revision when `timeout_ms` runs out first.
+ */
+async function deleteRoute(ctx: Ctx, deps: HttpDeps): Promise<void> {
   const id = parseUuidParam(ctx.params.id, 'route');
-  parseQuery(ctx, NO_QUERY);
-  await routes.remove(id, parseIfMatch(ctx));
+  const query = parseQuery(ctx, WriteQuerySchema);
+  const deleted = await deps.routes.remove(id, parseIfMatch(ctx));
+  const wait = deps.waitForWorkerApplied;
   ctx.status = 204;
+  if (query.wait !== 'applied' || !wait || !deleted) return;
+  const timeoutMs = query.timeout_ms ?? DEFAULT_WAIT_TIMEOUT_MS;
+  if (await wait(deleted.workerId, deleted.revision, timeoutMs)) return;
+  ctx.status = 202;
+  ctx.body = { id, worker_id: deleted.workerId, revision: deleted.revision, status: 'pending' };
 }
 
 async function listSessionRoutes(ctx: Ctx, routes: Routes): Promise<void> {
   const sessionId = parseSessionParam(ctx.params.session_id);
   parseQuery(ctx, NO_QUERY);
   ctx.body = { routes: await routes.sessionRoutes(sessionId) };
+}
+
+/**
+ * Makes the session's routes exactly the listed ones in one transaction, so
+ * each worker receives the whole change as one diff.
+ */
+async function replaceSessionRoutes(ctx: Ctx, routes: Routes): Promise<void> {
+  const sessionId = parseSessionParam(ctx.params.session_id);
+  parseQuery(ctx, NO_QUERY);
+  const body = parseBody(ctx, SessionRoutesBodySchema);
+  const result = await routes.replaceSession(sessionId, body.routes);
+  ctx.state.log.info(
+    { session_id: sessionId, created: result.created, updated: result.updated, deleted: result.deleted },
+    'session routes replaced',
+  );
+  ctx.body = result;
 }
 
 async function deleteSessionRoutes(ctx: Ctx, routes: Routes): Promise<void> {

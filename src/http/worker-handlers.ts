@@ -1,5 +1,5 @@
 import type Router from '@koa/router';
-import { RegisterWorkerBodySchema } from '../../proto/index.ts';
+import { DrainWorkerBodySchema, RegisterWorkerBodySchema } from '../../proto/index.ts';
 import { NotFoundError } from '../errors.ts';
 import { requireToken } from './auth.ts';
 import { readJsonBody } from './body.ts';
@@ -9,7 +9,7 @@ import { NO_QUERY, parseBody, parseQuery, parseUuidParam } from './input.ts';
 type Workers = HttpDeps['workers'];
 type Ctx = HttpContext & { params: Record<string, string> };
 
-/** Adds `/workers/register` and `/workers`. `/workers/stream` is served by the WebSocket hub. */
+/** Adds `/workers/register`, `/workers` and `/workers/:id/drain`. `/workers/stream` is served by the WebSocket hub. */
 export function mountWorkerHandlers(router: Router<HttpState>, deps: HttpDeps): void {
   const { workers, auth } = deps;
   const readers = requireToken(auth, ['manager', 'read']);
@@ -20,6 +20,7 @@ export function mountWorkerHandlers(router: Router<HttpState>, deps: HttpDeps): 
   router.get('/workers', readers, (ctx) => listWorkers(ctx, workers));
   router.get('/workers/:id', readers, (ctx) => getWorker(ctx, workers));
   router.delete('/workers/:id', manager, (ctx) => deregisterWorker(ctx, workers));
+  router.post('/workers/:id/drain', manager, readJsonBody, (ctx) => drainWorker(ctx, workers));
 }
 
 async function registerWorker(ctx: Ctx, workers: Workers): Promise<void> {
@@ -53,4 +54,20 @@ async function deregisterWorker(ctx: Ctx, workers: Workers): Promise<void> {
   await workers.deregister(id);
   ctx.state.log.info({ worker_id: id }, 'worker deregistered');
   ctx.status = 204;
+}
+
+/**
+ * Sets a worker draining: it takes no new routes. With `{"move": true}` its
+ * routes move to other live workers before the response.
+ */
+async function drainWorker(ctx: Ctx, workers: Workers): Promise<void> {
+  const id = parseUuidParam(ctx.params.id, 'worker');
+  parseQuery(ctx, NO_QUERY);
+  const body = parseBody(ctx, DrainWorkerBodySchema);
+  const result = await workers.drain(id, { move: body.move });
+  ctx.state.log.info(
+    { worker_id: id, moved: result.moved, remaining: result.remaining },
+    'worker draining',
+  );
+  ctx.body = result;
 }

@@ -87,9 +87,12 @@ export class ChangeFeed {
   async #fetch(): Promise<void> {
     for (;;) {
       const changes = await changesAfter(this.#sql, this.#revision, FETCH_LIMIT);
-      if (changes.length === 0) return;
-      if (changes[0].revision !== this.#revision + 1) return this.#skipCompacted(changes[0]);
-      this.#deliver(contiguousPrefix(changes));
+      // publish() may have delivered some of these while the query ran.
+      const fresh = changes.filter((change) => change.revision > this.#revision);
+      if (fresh.length > 0 && fresh[0].revision !== this.#revision + 1) {
+        return this.#skipCompacted(fresh[0]);
+      }
+      if (fresh.length > 0) this.#deliver(contiguousPrefix(fresh));
       if (changes.length < FETCH_LIMIT) return;
     }
   }

@@ -1,15 +1,24 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import PQueue from 'p-queue';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { CloseCode, MAX_MESSAGE_BYTES, type NackMessage } from '../../proto/index.ts';
+import {
+  CloseCode,
+  MAX_MESSAGE_BYTES,
+  type Heartbeat,
+  type Nack,
+  type NackMessage,
+} from '../../proto/index.ts';
 import type { Logger } from '../log.ts';
+import type { SyncMetrics } from '../metrics.ts';
 import { hashToken, type WorkerService } from '../services/workers.ts';
 import type { Sql } from '../store/database.ts';
+import { findRoute, workerRouteAtRevision } from '../store/routes.ts';
 import type { InstanceIdentity, InstanceKey } from '../store/workers.ts';
 import type { ChangeRecord } from '../store/writer.ts';
 import type { ChangeFeed } from './feed.ts';
 import { WorkerSession, type SessionHost, type SessionLimits } from './session.ts';
-import { planResume, readSnapshot, touchesWorker } from './sync.ts';
+import { planResume, streamSnapshot, touchesWorker, type SnapshotOptions } from './sync.ts';
 
 export interface HubOptions {
   sql: Sql;
@@ -21,10 +30,24 @@ export interface HubOptions {
   heartbeatIntervalMs: number;
   heartbeatMisses: number;
   limits: SessionLimits;
+  /**
+   * Sessions whose hello or snapshot is being worked on at once; the rest
+   * wait in line, so a reconnect storm cannot read every table together.
+   */
+  admissionConcurrency: number;
+  /** Changes since a resumed revision above which the worker gets a snapshot instead. */
+  maxResumeChanges: number;
+  /** Counts messages, acks, nacks and closes of every session. */
+  metrics?: SyncMetrics;
 }
 
 /** Most nack log lines per worker per minute; the rest are counted. */
 const NACK_LOGS_PER_MINUTE = 3;
+
+/** A write of an instance's sync state, in the order its messages arrived. */
+type StatusWrite =
+  | { kind: 'ack'; revision: number; clearsNack: boolean }
+  | { kind: 'nack'; nack: Nack };
 
 /**
  * Speaks the worker session protocol on `GET /workers/stream`: authenticates
@@ -39,7 +62,9 @@ export class Hub implements SessionHost {
   readonly #sessions = new Map<string, Set<WorkerSession>>();
   #beats = new Map<string, InstanceKey & { at: Date }>();
   #pongs = new WeakMap<WebSocket, number>();
-  readonly #ackWrites = new Map<string, { revision: number; isWriting: boolean }>();
+  /** Acks and nacks waiting to be written, per instance; one instance writes one at a time. */
+  readonly #statusWrites = new Map<string, StatusWrite[]>();
+  readonly #admission: PQueue;
   readonly #nackLogs = new Map<string, { windowStart: number; logged: number; dropped: number }>();
   #timers: NodeJS.Timeout[] = [];
   #unsubscribe: () => void = () => {};
@@ -48,6 +73,7 @@ export class Hub implements SessionHost {
     this.#options = options;
     this.#log = options.log;
     this.epoch = options.epoch;
+    this.#admission = new PQueue({ concurrency: options.admissionConcurrency });
   }
 
   get feedRevision(): number {
@@ -58,6 +84,13 @@ export class Hub implements SessionHost {
     let count = 0;
     for (const set of this.#sessions.values()) count += set.size;
     return count;
+  }
+
+  /** Bytes written to worker sockets and not yet sent, summed over all of them. */
+  get bufferedBytes(): number {
+    let bytes = 0;
+    for (const client of this.#server.clients) bytes += client.bufferedAmount;
+    return bytes;
   }
 
   start(): void {
@@ -108,6 +141,7 @@ export class Hub implements SessionHost {
       host: this,
       limits: this.#options.limits,
       log: this.#log,
+      metrics: this.#options.metrics,
     });
     this.#pongs.set(ws, Date.now());
     ws.on('pong', () => this.#pongs.set(ws, Date.now()));
@@ -116,12 +150,30 @@ export class Hub implements SessionHost {
     this.#sessions.set(key.workerId, set);
   }
 
-  readSnapshot(workerId: string) {
-    return readSnapshot(this.#options.sql, workerId);
+  /** Sessions waiting for an admission slot, and those holding one. */
+  get admission(): { waiting: number; running: number } {
+    return { waiting: this.#admission.size, running: this.#admission.pending };
+  }
+
+  admit<T>(task: () => Promise<T>): Promise<T> {
+    return this.#admission.add(task, { throwOnTimeout: true });
+  }
+
+  streamSnapshot(options: SnapshotOptions) {
+    return streamSnapshot(this.#options.sql, options);
   }
 
   planResume(workerId: string, fromRevision: number, digest: string) {
-    return planResume(this.#options.sql, workerId, fromRevision, digest);
+    const maxChanges = this.#options.maxResumeChanges;
+    return planResume(this.#options.sql, { workerId, fromRevision, digest, maxChanges });
+  }
+
+  findRouteAtRevision(workerId: string, revision: number) {
+    return workerRouteAtRevision(this.#options.sql, workerId, revision);
+  }
+
+  findRoute(routeId: string) {
+    return findRoute(this.#options.sql, routeId);
   }
 
   async open(session: WorkerSession, appliedRevision: number): Promise<boolean> {
@@ -157,38 +209,50 @@ export class Hub implements SessionHost {
     });
   }
 
-  /** Writes acks one at a time per instance; a newer ack replaces one still waiting. */
-  ack(session: WorkerSession, revision: number): void {
-    const id = instanceId(session.key);
-    const entry = this.#ackWrites.get(id) ?? { revision: 0, isWriting: false };
-    entry.revision = Math.max(entry.revision, revision);
-    this.#ackWrites.set(id, entry);
-    if (!entry.isWriting) void this.#writeAck(session.key, id, entry);
-  }
-
-  async #writeAck(key: InstanceKey, id: string, entry: { revision: number; isWriting: boolean }) {
-    entry.isWriting = true;
-    let written = 0;
-    try {
-      while (entry.revision > written) {
-        written = entry.revision;
-        await this.#options.workers.recordAck(key, written);
-      }
-    } catch (error) {
-      this.#log.warn({ err: error, worker_id: key.workerId, revision: written }, 'recording an ack failed');
-    } finally {
-      entry.isWriting = false;
-      if (entry.revision === written) this.#ackWrites.delete(id);
-    }
+  ack(session: WorkerSession, revision: number, clearsNack: boolean): void {
+    this.#queueStatus(session.key, { kind: 'ack', revision, clearsNack });
   }
 
   nack(session: WorkerSession, message: NackMessage): void {
-    const nack = { ...message, at: new Date().toISOString() };
-    const { type: _type, ...stored } = nack;
-    this.#options.workers.recordNack(session.key, stored).catch((error) => {
-      this.#log.warn({ err: error, worker_id: session.key.workerId }, 'recording a nack failed');
-    });
+    const { type: _type, ...nack } = { ...message, at: new Date().toISOString() };
+    this.#queueStatus(session.key, { kind: 'nack', nack });
+    this.#options.metrics?.nackReceived(message.reason);
     this.#logNack(session, message);
+  }
+
+  /**
+   * Queues an ack or nack for writing. Writes of one instance run one at a
+   * time in arrival order, so an ack never overwrites a later nack; acks
+   * waiting back to back merge into the newest.
+   */
+  #queueStatus(key: InstanceKey, write: StatusWrite): void {
+    const id = instanceId(key);
+    const queue = this.#statusWrites.get(id);
+    if (!queue) {
+      this.#statusWrites.set(id, [write]);
+      void this.#writeStatus(key, id);
+      return;
+    }
+    const last = queue.at(-1);
+    const isMergeable = queue.length > 1 && last?.kind === 'ack' && write.kind === 'ack';
+    if (isMergeable) Object.assign(last, { revision: Math.max(last.revision, write.revision), clearsNack: write.clearsNack });
+    else queue.push(write);
+  }
+
+  async #writeStatus(key: InstanceKey, id: string): Promise<void> {
+    const queue = this.#statusWrites.get(id) as StatusWrite[];
+    while (queue.length > 0) {
+      const write = queue[0];
+      try {
+        if (write.kind === 'ack') await this.#options.workers.recordAck(key, write.revision, write.clearsNack);
+        else await this.#options.workers.recordNack(key, write.nack);
+      } catch (error) {
+        const fields = { err: error, worker_id: key.workerId, instance_id: key.instanceId };
+        this.#log.warn(fields, `recording an ${write.kind} failed`);
+      }
+      queue.shift();
+    }
+    this.#statusWrites.delete(id);
   }
 
   #logNack(session: WorkerSession, message: NackMessage): void {
@@ -215,8 +279,11 @@ export class Hub implements SessionHost {
     );
   }
 
-  heartbeat(session: WorkerSession, at: Date): void {
+  heartbeat(session: WorkerSession, at: Date, stats?: Heartbeat['stats']): void {
     this.#beats.set(instanceId(session.key), { ...session.key, at });
+    // Route activity feeds idle expiry; the worker service batches its writes.
+    const routes = stats?.routes;
+    if (routes && routes.length > 0) this.#options.workers.recordActivity(session.key.workerId, routes);
   }
 
   async #flushHeartbeats(): Promise<void> {

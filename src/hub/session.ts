@@ -6,30 +6,48 @@ import {
   TableDigest,
   WorkerMessageSchema,
   type Ack,
-  type CoordinatorMessage,
+  type Heartbeat,
   type Hello,
   type NackMessage,
   type Route,
   type WorkerMessage,
 } from '../../proto/index.ts';
 import type { Logger } from '../log.ts';
-import type { ChangeRecord } from '../store/writer.ts';
+import type { SyncMetrics } from '../metrics.ts';
 import type { InstanceKey } from '../store/workers.ts';
-import { foldChanges, type ResumePlan, type TableSnapshot } from './sync.ts';
+import type { ChangeRecord } from '../store/writer.ts';
+import {
+  buildDiffs,
+  refreshDiffText,
+  type DiffText,
+  type ResumePlan,
+  type SnapshotOptions,
+  type SnapshotSummary,
+} from './sync.ts';
 
 /** Hub operations a session calls. */
 export interface SessionHost {
   readonly epoch: string;
   /** The last revision the change feed delivered. */
   readonly feedRevision: number;
-  readSnapshot(workerId: string): Promise<TableSnapshot>;
+  /**
+   * Runs hello and snapshot work when an admission slot is free, so a storm
+   * of reconnects waits in line instead of reading every table at once.
+   */
+  admit<T>(task: () => Promise<T>): Promise<T>;
+  streamSnapshot(options: SnapshotOptions): Promise<SnapshotSummary>;
   planResume(workerId: string, fromRevision: number, digest: string): Promise<ResumePlan>;
+  /** Returns the route on a worker whose last change has `revision`, if there is one. */
+  findRouteAtRevision(workerId: string, revision: number): Promise<Route | null>;
+  findRoute(routeId: string): Promise<Route | null>;
   /** Records the session as open; resolves false when the registration was superseded. */
   open(session: WorkerSession, appliedRevision: number): Promise<boolean>;
   closed(session: WorkerSession): void;
-  ack(session: WorkerSession, revision: number): void;
+  /** Records an ack; `clearsNack` is false while a rejected route is still being retried. */
+  ack(session: WorkerSession, revision: number, clearsNack: boolean): void;
   nack(session: WorkerSession, message: NackMessage): void;
-  heartbeat(session: WorkerSession, at: Date): void;
+  /** Records a heartbeat; `stats` may carry the routes active since the previous one. */
+  heartbeat(session: WorkerSession, at: Date, stats?: Heartbeat['stats']): void;
 }
 
 export interface SessionLimits {
@@ -38,17 +56,50 @@ export interface SessionLimits {
   highWaterBytes: number;
   /** How long the socket may stay above the high-water mark before the session closes. */
   sendTimeoutMs: number;
-  /** Messages a worker may send per second. */
+  /** Messages a worker may send per second, besides one ack per message it received. */
   maxMessagesPerSecond: number;
-  /** Bytes of routes per snapshot message, below the frame limit. */
+  /** Target size of one snapshot or diff message, below the frame limit. */
   snapshotChunkBytes: number;
 }
 
-type State = 'awaiting_hello' | 'syncing' | 'live' | 'closed';
+type State = 'awaiting_hello' | 'admitting' | 'syncing' | 'live' | 'closed';
 
 const MAX_MALFORMED = 3;
 const FIRST_BACKOFF_MS = 1000;
 const MAX_BACKOFF_MS = 60_000;
+/** Routes read per query while streaming a snapshot. */
+const SNAPSHOT_PAGE_SIZE = 2000;
+
+/** A diff sent and not yet acknowledged. */
+interface SentMessage {
+  digest: string;
+  routeIds: string[];
+  commitTimes: number[];
+}
+
+/**
+ * Resending of a diff the worker rejected without applying it: the table
+ * stays at the acknowledged revision, so every later diff waits too.
+ */
+interface HeldBackoff {
+  delayMs: number;
+  timer: NodeJS.Timeout | null;
+  /** Routes of the rejected diffs; a new change to one of them is sent at once. */
+  routeIds: Set<string>;
+}
+
+/** A route the worker applied and acknowledged but could not serve. */
+interface RouteRetry {
+  revision: number;
+  delayMs: number;
+  timer: NodeJS.Timeout;
+  /** Whether the worker rejected the route again since the last resend. */
+  isRejectedAgain: boolean;
+}
+
+class SessionClosedError extends Error {
+  override name = 'SessionClosedError';
+}
 
 /**
  * One worker instance's WebSocket session: replies to hello with a snapshot or
@@ -64,21 +115,27 @@ export class WorkerSession {
   readonly #host: SessionHost;
   readonly #limits: SessionLimits;
   readonly #log: Logger;
+  readonly #metrics: SyncMetrics | undefined;
   #state: State = 'awaiting_hello';
   #sentRevision = 0;
   #digest = new TableDigest();
-  /** Digests sent per revision not yet acknowledged, to check acks against. */
-  #sentDigests = new Map<number, string>();
-  /** Ids of the routes each unacknowledged message carried, by revision. */
-  #sentRouteIds = new Map<number, string[]>();
+  /** Diffs and snapshots sent and not yet acknowledged, by revision. */
+  #sent = new Map<number, SentMessage>();
   #ackedRevision = 0;
   #ackedDigest = new TableDigest();
+  /** Revision of the last snapshot started; older digest mismatches concern replaced tables. */
+  #snapshotRevision = -1;
+  /** Reason for another snapshot, requested while one was being sent. */
+  #snapshotAgain: string | null = null;
   #pending: ChangeRecord[] = [];
   #malformedCount = 0;
-  #messageWindow = { startedAt: 0, count: 0 };
+  #window = { startedAt: 0, received: 0, sent: 0, sentBefore: 0 };
   #blockedSince: number | null = null;
+  #blockedTimer: NodeJS.Timeout | null = null;
+  #roomWaiters: Array<() => void> = [];
   #isFlushScheduled = false;
-  #backoff: { delayMs: number; timer: NodeJS.Timeout | null; routeIds: Set<string> } | null = null;
+  #backoff: HeldBackoff | null = null;
+  #retries = new Map<string, RouteRetry>();
   #helloTimer: NodeJS.Timeout;
   /** Revision of the worker.connected change this session wrote. */
   connectedRevision = 0;
@@ -90,6 +147,7 @@ export class WorkerSession {
     host: SessionHost;
     limits: SessionLimits;
     log: Logger;
+    metrics?: SyncMetrics;
   }) {
     this.#socket = options.socket;
     this.key = options.key;
@@ -97,6 +155,7 @@ export class WorkerSession {
     this.#host = options.host;
     this.#limits = options.limits;
     this.#log = options.log;
+    this.#metrics = options.metrics;
     this.#helloTimer = setTimeout(() => this.#helloTimedOut(), this.#limits.helloTimeoutMs);
     this.#socket.on('message', (data, isBinary) => this.#receive(data, isBinary));
     this.#socket.on('close', () => this.#closed());
@@ -116,10 +175,16 @@ export class WorkerSession {
     return this.#state === 'live';
   }
 
+  /** Bytes written to the socket and not yet sent. */
+  get bufferedBytes(): number {
+    return this.#socket.bufferedAmount;
+  }
+
   /** Closes the session, telling the worker why first. */
   close(code: number, reason: string): void {
     if (this.#isClosed()) return;
-    this.#send({ type: 'error', code: String(code), message: reason });
+    this.#metrics?.sessionClosed(code);
+    this.#sendText('error', JSON.stringify({ type: 'error', code: String(code), message: reason }));
     this.#socket.close(code, reason.slice(0, 120));
     this.#closed();
   }
@@ -128,29 +193,50 @@ export class WorkerSession {
   enqueue(change: ChangeRecord): void {
     if (this.#isClosed()) return;
     this.#pending.push(change);
-    if (this.#backoff && change.route_id && this.#backoff.routeIds.has(change.route_id)) {
+    const routeId = change.route_id;
+    if (routeId && this.#backoff?.routeIds.has(routeId)) {
       // A new version of a rejected route may fix it: send now, not after the backoff.
-      void this.#resendRejected();
+      void this.#resendHeld();
       return;
     }
+    if (routeId) this.#dropRetry(routeId);
     this.#scheduleFlush();
   }
 
-  /** Closes the session when its socket has stayed backed up too long. */
+  /** Closes the session when its socket has stayed backed up longer than the send timeout. */
   checkBackpressure(now: number): void {
     if (this.#isClosed()) return;
     if (this.#socket.bufferedAmount <= this.#limits.highWaterBytes) {
-      this.#blockedSince = null;
+      this.#unblocked();
       return;
     }
     this.#blockedSince ??= now;
-    if (now - this.#blockedSince > this.#limits.sendTimeoutMs) {
-      this.#log.warn(
-        { worker_id: this.key.workerId, buffered_bytes: this.#socket.bufferedAmount },
-        'worker reads too slowly; closing its session so it resumes',
-      );
-      this.close(CloseCode.tooSlow, 'too slow to read its messages');
-    }
+    this.#blockedTimer ??= setTimeout(() => {
+      this.#blockedTimer = null;
+      this.checkBackpressure(Date.now());
+    }, this.#limits.sendTimeoutMs + 10);
+    if (now - this.#blockedSince <= this.#limits.sendTimeoutMs) return;
+    this.#log.warn(
+      { worker_id: this.key.workerId, buffered_bytes: this.#socket.bufferedAmount },
+      'worker reads too slowly; closing its session so it resumes',
+    );
+    this.close(CloseCode.tooSlow, 'too slow to read its messages');
+  }
+
+  #unblocked(): void {
+    this.#blockedSince = null;
+    if (this.#blockedTimer) clearTimeout(this.#blockedTimer);
+    this.#blockedTimer = null;
+    const waiters = this.#roomWaiters;
+    this.#roomWaiters = [];
+    for (const wake of waiters) wake();
+    if (this.#pending.length > 0) this.#scheduleFlush();
+  }
+
+  #isBackedUp(): boolean {
+    if (this.#socket.bufferedAmount <= this.#limits.highWaterBytes) return false;
+    this.checkBackpressure(Date.now());
+    return true;
   }
 
   #scheduleFlush(): void {
@@ -165,79 +251,136 @@ export class WorkerSession {
 
   #flush(): void {
     if (this.#state !== 'live' || this.#backoff || this.#pending.length === 0) return;
-    if (this.#socket.bufferedAmount > this.#limits.highWaterBytes) {
-      this.checkBackpressure(Date.now());
-      return;
-    }
+    if (this.#isBackedUp()) return;
     const changes = this.#pending.filter((change) => change.revision > this.#sentRevision);
     this.#pending = [];
-    const delta = foldChanges(this.key.workerId, changes, this.#digest);
-    if (delta.upserts.length === 0 && delta.removes.length === 0) return;
-    this.#sendDiff(this.#sentRevision, this.#host.feedRevision, delta.upserts, delta.removes, delta.digest);
+    if (changes.length === 0) return;
+    // Changes left over from a resume were read from the database and may be ahead of the feed.
+    const toRevision = Math.max(this.#host.feedRevision, (changes.at(-1) as ChangeRecord).revision);
+    this.#sendDiffs(changes, toRevision, false);
   }
 
-  #sendDiff(from: number, revision: number, upserts: Route[], removes: string[], digest: TableDigest) {
-    this.#send({
-      type: 'diff',
+  /**
+   * Sends the diffs from the sent table to `toRevision`. When the socket backs
+   * up midway, the changes not sent yet go back to the pending ones, so a slow
+   * worker holds at most about one diff beyond the high-water mark.
+   */
+  #sendDiffs(changes: ChangeRecord[], toRevision: number, isReplyRequired: boolean): void {
+    const diffs = buildDiffs({
+      workerId: this.key.workerId,
       epoch: this.#host.epoch,
-      from_revision: from,
-      revision,
-      upserts,
-      removes,
-      digest: digest.toHex(),
+      changes,
+      fromRevision: this.#sentRevision,
+      toRevision,
+      digest: this.#digest,
+      maxBytes: this.#limits.snapshotChunkBytes,
+      isReplyRequired,
     });
-    this.#advance(revision, digest, [...upserts.map((route) => route.id), ...removes]);
+    for (const [i, diff] of diffs.entries()) {
+      this.#sendDiff(diff);
+      const isLast = i === diffs.length - 1;
+      if (isLast || this.#socket.bufferedAmount <= this.#limits.highWaterBytes) continue;
+      this.#pending = [...changes.slice(diff.changesCarried), ...this.#pending];
+      this.#isBackedUp();
+      return;
+    }
   }
 
-  #advance(revision: number, digest: TableDigest, routeIds: string[] = []): void {
-    this.#sentRouteIds.set(revision, routeIds);
+  #sendDiff(diff: DiffText): void {
+    this.#sendText('diff', diff.text);
+    this.#advance(diff.revision, diff.digest, {
+      digest: diff.digest.toHex(),
+      routeIds: diff.routeIds,
+      commitTimes: diff.commitTimes,
+    });
+  }
+
+  #advance(revision: number, digest: TableDigest, sent: SentMessage): void {
+    this.#sent.set(revision, sent);
     this.#sentRevision = revision;
     this.#digest = digest;
-    this.#sentDigests.set(revision, digest.toHex());
+  }
+
+  #requestSnapshot(reason: string): void {
+    if (this.#state === 'syncing' || this.#state === 'admitting') {
+      this.#snapshotAgain = reason;
+      return;
+    }
+    this.#state = 'syncing';
+    void this.#host
+      .admit(() => this.#sendSnapshot(reason))
+      .then(() => this.#goLive())
+      .catch((error) => this.#syncFailed(error));
   }
 
   async #sendSnapshot(reason: string): Promise<void> {
+    if (this.#isClosed()) throw new SessionClosedError();
     this.#state = 'syncing';
-    const snapshot = await this.#host.readSnapshot(this.key.workerId);
-    if (this.#isClosed()) return;
+    this.#snapshotAgain = null;
+    // A held backoff keeps its delay, so a worker that rejects snapshots too waits longer each time.
+    if (this.#backoff?.timer) clearTimeout(this.#backoff.timer);
+    if (this.#backoff) this.#backoff.timer = null;
+    let snapshot = { revision: 0, digest: '' };
+    const summary = await this.#host.streamSnapshot({
+      workerId: this.key.workerId,
+      epoch: this.#host.epoch,
+      chunkBytes: this.#limits.snapshotChunkBytes,
+      pageSize: SNAPSHOT_PAGE_SIZE,
+      onStart: (revision, digest) => {
+        this.#snapshotRevision = revision;
+        snapshot = { revision, digest };
+      },
+      send: async (text, isLast) => {
+        await this.#waitForRoom();
+        if (this.#isClosed()) throw new SessionClosedError();
+        // The worker may ack the last message before the stream's transaction ends.
+        if (isLast) this.#sentSnapshot(snapshot.revision, snapshot.digest);
+        this.#sendText('snapshot', text);
+      },
+    });
     this.#log.info(
-      { worker_id: this.key.workerId, revision: snapshot.revision, routes: snapshot.routes.length, reason },
-      'sending snapshot',
+      {
+        worker_id: this.key.workerId,
+        revision: summary.revision,
+        routes: summary.routeCount,
+        messages: summary.messageCount,
+        bytes: summary.bytes,
+        reason,
+      },
+      'sent snapshot',
     );
-    await this.#streamSnapshot(snapshot);
-    this.#pending = this.#pending.filter((change) => change.revision > snapshot.revision);
-    this.#advance(snapshot.revision, new TableDigest(snapshot.digest));
-    this.#goLive();
   }
 
-  async #streamSnapshot(snapshot: TableSnapshot): Promise<void> {
-    const chunks = chunkRoutes(snapshot.routes, this.#limits.snapshotChunkBytes);
-    for (let i = 0; i < chunks.length; i++) {
-      if (this.#isClosed()) return;
-      await this.#waitForRoom();
-      const message: CoordinatorMessage = {
-        type: 'snapshot',
-        epoch: this.#host.epoch,
-        revision: snapshot.revision,
-        routes: chunks[i],
-        digest: snapshot.digest,
-      };
-      if (i < chunks.length - 1) message.more = true;
-      this.#send(message);
-    }
+  #sentSnapshot(revision: number, digest: string): void {
+    this.#pending = this.#pending.filter((change) => change.revision > revision);
+    this.#sent.clear();
+    this.#advance(revision, new TableDigest(digest), { digest, routeIds: [], commitTimes: [] });
   }
 
+  /** Waits until the socket's unsent bytes fall below the high-water mark. */
   async #waitForRoom(): Promise<void> {
-    while (this.#socket.bufferedAmount > this.#limits.highWaterBytes && !this.#isClosed()) {
-      this.checkBackpressure(Date.now());
-      await new Promise((resolve) => setTimeout(resolve, 5));
+    while (!this.#isClosed() && this.#isBackedUp()) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 100);
+        this.#roomWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
     }
   }
 
   #goLive(): void {
     if (this.#isClosed()) return;
     this.#state = 'live';
+    if (this.#snapshotAgain !== null) return this.#requestSnapshot(this.#snapshotAgain);
     this.#scheduleFlush();
+  }
+
+  #syncFailed(error: unknown): void {
+    if (error instanceof SessionClosedError || this.#isClosed()) return;
+    this.#log.error({ err: error, worker_id: this.key.workerId }, 'syncing a worker failed');
+    this.close(CloseCode.restarting, 'coordinator failed to read the table; reconnect');
   }
 
   #receive(data: unknown, isBinary: boolean): void {
@@ -245,47 +388,66 @@ export class WorkerSession {
     if (this.#isFlooding()) return;
     const message = parseMessage(data, isBinary);
     if (typeof message === 'string') return this.#malformed(message);
-    void this.#handle(message).catch((error) => {
-      this.#log.error({ err: error, worker_id: this.key.workerId }, 'handling a worker message failed');
-    });
+    this.#handle(message);
   }
 
+  /** Counts messages per second; acks of what this session sent do not use up the budget. */
   #isFlooding(): boolean {
     const now = Date.now();
-    const window = this.#messageWindow;
+    const window = this.#window;
     if (now - window.startedAt >= 1000) {
+      window.sentBefore = now - window.startedAt < 2000 ? window.sent : 0;
       window.startedAt = now;
-      window.count = 0;
+      window.received = 0;
+      window.sent = 0;
     }
-    window.count += 1;
-    if (window.count <= this.#limits.maxMessagesPerSecond) return false;
+    window.received += 1;
+    const allowed = this.#limits.maxMessagesPerSecond + window.sent + window.sentBefore;
+    if (window.received <= allowed) return false;
     this.close(CloseCode.tooSlow, 'too many messages');
     return true;
   }
 
-  async #handle(message: WorkerMessage): Promise<void> {
+  #handle(message: WorkerMessage): void {
     if (message.type === 'hello') return this.#hello(message);
-    if (this.#state === 'awaiting_hello') return this.#malformed(`expected hello, got ${message.type}`);
+    if (this.#state === 'awaiting_hello') {
+      return this.#malformed(`expected hello, got ${message.type}`);
+    }
     if (message.type === 'ack') return this.#ack(message);
     if (message.type === 'nack') return this.#nack(message);
-    this.#host.heartbeat(this, new Date());
+    this.#host.heartbeat(this, new Date(), message.stats);
   }
 
-  async #hello(hello: Hello): Promise<void> {
+  #hello(hello: Hello): void {
     if (this.#state !== 'awaiting_hello') return this.#malformed('hello was already received');
     clearTimeout(this.#helloTimer);
-    this.#state = 'syncing';
+    this.#state = 'admitting';
+    void this.#host
+      .admit(() => this.#start(hello))
+      .then(() => this.#goLive())
+      .catch((error) => this.#syncFailed(error));
+  }
+
+  /** Plans the catch-up, records the session as open, and sends the snapshot or diff. */
+  async #start(hello: Hello): Promise<void> {
+    if (this.#isClosed()) throw new SessionClosedError();
     const plan = await this.#planHello(hello);
+    if (this.#isClosed()) throw new SessionClosedError();
     const applied = plan.kind === 'diff' ? plan.fromRevision : 0;
     if (!(await this.#host.open(this, applied))) {
-      return this.close(CloseCode.superseded, 'superseded by a newer registration');
+      this.close(CloseCode.superseded, 'superseded by a newer registration');
+      throw new SessionClosedError();
     }
+    if (this.#isClosed()) throw new SessionClosedError();
     if (plan.kind === 'snapshot') return this.#sendSnapshot(plan.reason);
-    // Changes that landed between the plan and now are still pending and follow as a diff.
+    this.#state = 'syncing';
+    this.#sentRevision = plan.fromRevision;
+    this.#digest = plan.digest;
     this.#ackedRevision = plan.fromRevision;
+    this.#ackedDigest = plan.digest;
+    // Changes that landed after the plan's read are still pending and follow as a diff.
     this.#pending = this.#pending.filter((change) => change.revision > plan.revision);
-    this.#sendDiff(plan.fromRevision, plan.revision, plan.delta.upserts, plan.delta.removes, plan.delta.digest);
-    this.#goLive();
+    this.#sendDiffs(plan.changes, plan.revision, true);
   }
 
   async #planHello(hello: Hello): Promise<ResumePlan> {
@@ -293,65 +455,85 @@ export class WorkerSession {
     if (hello.applied_revision === undefined || hello.digest === undefined) {
       return { kind: 'snapshot', reason: 'no resume fields' };
     }
-    const plan = await this.#host.planResume(this.key.workerId, hello.applied_revision, hello.digest);
-    if (plan.kind === 'diff') this.#ackedDigest = new TableDigest(hello.digest);
-    return plan;
+    return this.#host.planResume(this.key.workerId, hello.applied_revision, hello.digest);
   }
 
   #ack(ack: Ack): void {
-    const expected = this.#sentDigests.get(ack.revision);
-    if (ack.revision > this.#sentRevision || expected === undefined) {
-      if (ack.revision <= this.#ackedRevision) return;
+    if (ack.revision > this.#sentRevision) {
       return this.#malformed(`ack for revision ${ack.revision}, which was never sent`);
     }
-    if (expected !== ack.digest) {
-      void this.#sendSnapshot('acknowledged digest differs from the one sent');
+    const sent = this.#sent.get(ack.revision);
+    // An ack of a message that a later snapshot replaced, or a repeated ack, changes nothing.
+    if (sent === undefined) return;
+    if (sent.digest !== ack.digest) {
+      this.#requestSnapshot('acknowledged digest differs from the one sent');
       return;
     }
-    for (const revision of this.#sentDigests.keys()) {
-      if (revision < ack.revision) this.#sentDigests.delete(revision);
+    this.#observeAcknowledged(ack.revision);
+    for (const revision of this.#sent.keys()) {
+      if (revision <= ack.revision) this.#sent.delete(revision);
     }
-    for (const revision of this.#sentRouteIds.keys()) {
-      if (revision <= ack.revision) this.#sentRouteIds.delete(revision);
-    }
+    if (ack.revision < this.#ackedRevision) return;
     this.#ackedRevision = ack.revision;
     this.#ackedDigest = new TableDigest(ack.digest);
     if (this.#backoff && ack.revision >= this.#sentRevision) this.#endBackoff();
-    this.#host.ack(this, ack.revision);
+    this.#host.ack(this, ack.revision, this.#backoff === null && this.#retries.size === 0);
+  }
+
+  /** Reports commit-to-ack latency of each change that the acknowledged diffs carried. */
+  #observeAcknowledged(revision: number): void {
+    if (!this.#metrics) return;
+    const now = Date.now();
+    for (const [sentRevision, sent] of this.#sent) {
+      if (sentRevision > revision) continue;
+      for (const at of sent.commitTimes) this.#metrics.changeAcknowledged(now - at);
+    }
   }
 
   #nack(nack: NackMessage): void {
     this.#host.nack(this, nack);
     if (nack.reason === 'digest_mismatch') {
-      this.#endBackoff();
-      void this.#sendSnapshot('worker reported a digest mismatch');
+      // A mismatch of a table that a later snapshot replaced needs no new snapshot.
+      if (nack.revision < this.#snapshotRevision) return;
+      this.#requestSnapshot('worker reported a digest mismatch');
       return;
     }
-    this.#startBackoff(nack.revision);
+    if (nack.revision > this.#ackedRevision) this.#startBackoff(nack.revision);
+    else void this.#retryAppliedRoute(nack.revision);
   }
 
   /**
    * Rewinds to the last acknowledged table and waits before sending again, so
-   * a worker that rejects a route is not fed the same change in a tight loop.
+   * a worker that rejects a diff is not fed the same change in a tight loop.
    */
   #startBackoff(revision: number): void {
-    const routeIds = new Set([...this.#sentRouteIds.values()].flat());
+    const routeIds = new Set([...this.#sent.values()].flatMap((sent) => sent.routeIds));
     const delayMs = Math.min((this.#backoff?.delayMs ?? FIRST_BACKOFF_MS / 2) * 2, MAX_BACKOFF_MS);
     if (this.#backoff?.timer) clearTimeout(this.#backoff.timer);
-    this.#backoff = { delayMs, routeIds, timer: setTimeout(() => void this.#resendRejected(), delayMs) };
+    const timer = setTimeout(() => void this.#resendHeld(), delayMs);
+    this.#backoff = { delayMs, routeIds, timer };
     this.#log.debug({ worker_id: this.key.workerId, revision, delay_ms: delayMs }, 'backing off');
   }
 
-  async #resendRejected(): Promise<void> {
+  async #resendHeld(): Promise<void> {
     if (!this.#backoff || this.#isClosed()) return;
     if (this.#backoff.timer) clearTimeout(this.#backoff.timer);
     this.#backoff.timer = null;
-    const plan = await this.#host.planResume(this.key.workerId, this.#ackedRevision, this.#ackedDigest.toHex());
-    if (this.#isClosed()) return;
-    if (plan.kind === 'snapshot') return this.#sendSnapshot(plan.reason);
+    const plan = await this.#host.planResume(
+      this.key.workerId,
+      this.#ackedRevision,
+      this.#ackedDigest.toHex(),
+    );
+    if (this.#isClosed() || this.#state !== 'live') return;
+    if (plan.kind === 'snapshot') return this.#requestSnapshot(plan.reason);
     this.#pending = this.#pending.filter((change) => change.revision > plan.revision);
+    for (const revision of this.#sent.keys()) {
+      if (revision > plan.fromRevision) this.#sent.delete(revision);
+    }
+    this.#sentRevision = plan.fromRevision;
+    this.#digest = plan.digest;
     // The backoff stays in place, holding other diffs, until the worker acks or nacks this one.
-    this.#sendDiff(plan.fromRevision, plan.revision, plan.delta.upserts, plan.delta.removes, plan.delta.digest);
+    this.#sendDiffs(plan.changes, plan.revision, true);
   }
 
   #endBackoff(): void {
@@ -360,9 +542,71 @@ export class WorkerSession {
     this.#scheduleFlush();
   }
 
+  /**
+   * Sends a route again, after a backoff that doubles from 1 s, when the
+   * worker applied it but reported that it could not serve it. Other diffs
+   * go on meanwhile, since the worker's table did move on.
+   */
+  async #retryAppliedRoute(revision: number): Promise<void> {
+    const route = await this.#host.findRouteAtRevision(this.key.workerId, revision);
+    if (!route || this.#isClosed()) return;
+    const retry = this.#retries.get(route.id);
+    if (retry?.revision === revision) {
+      // Rejected again: the next resend, already scheduled at the doubled delay, goes out.
+      retry.isRejectedAgain = true;
+      return;
+    }
+    this.#dropRetry(route.id);
+    const timer = setTimeout(() => void this.#resendRoute(route.id), FIRST_BACKOFF_MS);
+    this.#retries.set(route.id, { revision, delayMs: FIRST_BACKOFF_MS, timer, isRejectedAgain: true });
+  }
+
+  async #resendRoute(routeId: string): Promise<void> {
+    const retry = this.#retries.get(routeId);
+    if (!retry || this.#isClosed()) return;
+    if (!retry.isRejectedAgain) {
+      // The last resend drew no new rejection: the worker serves the route now.
+      this.#retries.delete(routeId);
+      return;
+    }
+    const route = await this.#host.findRoute(routeId);
+    if (this.#isClosed() || this.#retries.get(routeId) !== retry) return;
+    const isUnchanged =
+      route?.worker_id === this.key.workerId &&
+      route.revision === retry.revision &&
+      route.revision <= this.#sentRevision;
+    if (!route || !isUnchanged) {
+      this.#retries.delete(routeId);
+      return;
+    }
+    const isBusy = this.#state !== 'live' || this.#backoff !== null || this.#isBackedUp();
+    if (!isBusy) {
+      this.#sendRefresh(route);
+      retry.isRejectedAgain = false;
+      retry.delayMs = Math.min(retry.delayMs * 2, MAX_BACKOFF_MS);
+    }
+    retry.timer = setTimeout(() => void this.#resendRoute(routeId), retry.delayMs);
+  }
+
+  /** Sends a route the worker already holds again, leaving its table's revision as it is. */
+  #sendRefresh(route: Route): void {
+    const digest = this.#digest.toHex();
+    this.#sendText('diff', refreshDiffText(this.#host.epoch, this.#sentRevision, digest, [route]));
+    const sent = this.#sent.get(this.#sentRevision);
+    if (sent) sent.routeIds.push(route.id);
+    else this.#sent.set(this.#sentRevision, { digest, routeIds: [route.id], commitTimes: [] });
+  }
+
+  #dropRetry(routeId: string): void {
+    const retry = this.#retries.get(routeId);
+    if (!retry) return;
+    clearTimeout(retry.timer);
+    this.#retries.delete(routeId);
+  }
+
   #malformed(problem: string): void {
     this.#malformedCount += 1;
-    this.#send({ type: 'error', code: 'invalid_message', message: problem });
+    this.#sendText('error', JSON.stringify({ type: 'error', code: 'invalid_message', message: problem }));
     if (this.#malformedCount >= MAX_MALFORMED) {
       this.close(CloseCode.malformed, `${MAX_MALFORMED} malformed messages`);
     }
@@ -372,9 +616,17 @@ export class WorkerSession {
     if (this.#state === 'awaiting_hello') this.close(CloseCode.helloTimeout, 'no hello in time');
   }
 
-  #send(message: CoordinatorMessage): void {
+  #sendText(type: string, text: string): void {
     if (this.#socket.readyState !== this.#socket.OPEN) return;
-    this.#socket.send(JSON.stringify(message));
+    this.#window.sent += 1;
+    this.#socket.send(text, () => this.#written());
+    this.#metrics?.messageSent(type, Buffer.byteLength(text));
+  }
+
+  /** Runs when the socket has written a message out: room may have opened up. */
+  #written(): void {
+    if (this.#isClosed() || this.#blockedSince === null) return;
+    if (this.#socket.bufferedAmount <= this.#limits.highWaterBytes) this.#unblocked();
   }
 
   #closed(): void {
@@ -382,6 +634,11 @@ export class WorkerSession {
     this.#state = 'closed';
     clearTimeout(this.#helloTimer);
     if (this.#backoff?.timer) clearTimeout(this.#backoff.timer);
+    if (this.#blockedTimer) clearTimeout(this.#blockedTimer);
+    for (const retry of this.#retries.values()) clearTimeout(retry.timer);
+    this.#retries.clear();
+    for (const wake of this.#roomWaiters) wake();
+    this.#roomWaiters = [];
     this.#pending = [];
     this.#host.closed(this);
   }
@@ -400,22 +657,6 @@ function parseMessage(data: unknown, isBinary: boolean): WorkerMessage | string 
   const issue = result.issues[0];
   const path = (issue.path ?? []).map((item) => String(item.key)).join('.');
   return `invalid message${path ? ` at ${path}` : ''}: ${issue.message}`;
-}
-
-/** Splits routes into chunks whose JSON stays under `maxBytes` each; always at least one. */
-export function chunkRoutes(routes: Route[], maxBytes: number): Route[][] {
-  const chunks: Route[][] = [[]];
-  let size = 0;
-  for (const route of routes) {
-    const bytes = Buffer.byteLength(JSON.stringify(route));
-    if (size + bytes > maxBytes && chunks[chunks.length - 1].length > 0) {
-      chunks.push([]);
-      size = 0;
-    }
-    chunks[chunks.length - 1].push(route);
-    size += bytes;
-  }
-  return chunks;
 }
 
 export { PROTOCOL_VERSION };

@@ -1,11 +1,12 @@
-import { TableDigest, tableDigest, type Route } from '../../proto/index.ts';
-import { readMeta, workerChangesAfter } from '../store/changes.ts';
+import { TableDigest, type Route } from '../../proto/index.ts';
+import { readMeta, readTableDigest, workerChangesAfter } from '../store/changes.ts';
 import type { Sql } from '../store/database.ts';
-import { workerRoutes } from '../store/routes.ts';
+import { workerRoutesAfterRevision } from '../store/routes.ts';
 import type { ChangeRecord } from '../store/writer.ts';
 
 // How a worker's table gets from one revision to another: diffs built from
-// change-log rows, and consistent reads for snapshots and resumes.
+// change-log rows, snapshots streamed from one consistent read, and the plan
+// for a worker that resumes.
 
 export interface TableDelta {
   upserts: Route[];
@@ -59,51 +60,258 @@ export function touchesWorker(change: ChangeRecord, workerId: string): boolean {
   );
 }
 
-export interface TableSnapshot {
-  revision: number;
-  routes: Route[];
-  digest: string;
+/** JSON text of each change's route, shared by every session the change goes to. */
+const routeTexts = new WeakMap<ChangeRecord, string>();
+
+function routeText(change: ChangeRecord): string {
+  let text = routeTexts.get(change);
+  if (text === undefined) {
+    text = JSON.stringify(change.route);
+    routeTexts.set(change, text);
+  }
+  return text;
 }
 
-/** Reads a worker's whole table at one revision. */
-export async function readSnapshot(sql: Sql, workerId: string): Promise<TableSnapshot> {
+/** A diff ready to send, with what the session keeps until the worker acknowledges it. */
+export interface DiffText {
+  text: string;
+  fromRevision: number;
+  revision: number;
+  digest: TableDigest;
+  /** Ids of the routes the diff upserts or removes. */
+  routeIds: string[];
+  /** Commit times (epoch ms) of the changes folded into the diff. */
+  commitTimes: number[];
+  /** How many of the request's changes this diff and the ones before it carry. */
+  changesCarried: number;
+}
+
+export interface DiffRequest {
+  workerId: string;
+  epoch: string;
+  /** Changes of the worker's table after `fromRevision`, in revision order. */
+  changes: ChangeRecord[];
+  fromRevision: number;
+  /** Revision of the last diff; no change of this worker lies between its changes and it. */
+  toRevision: number;
+  /** The table's digest at `fromRevision`. */
+  digest: TableDigest;
+  /** Target size of one diff message; a single route larger than this still goes alone. */
+  maxBytes: number;
+  /** Whether to send a diff even when the changes cancel out, as a reply to hello must. */
+  isReplyRequired: boolean;
+}
+
+/**
+ * Builds the diffs that take a worker's table from `fromRevision` to
+ * `toRevision`: one diff when it fits in `maxBytes`, else several, cut at
+ * change boundaries so each ends at the revision of its last change.
+ */
+export function buildDiffs(request: DiffRequest): DiffText[] {
+  const diffs: DiffText[] = [];
+  let from = request.fromRevision;
+  let digest = request.digest;
+  let carried = 0;
+  const pieces = splitBySize(request.changes, request.maxBytes);
+  pieces.forEach((piece, i) => {
+    const isLast = i === pieces.length - 1;
+    carried += piece.length;
+    const delta = foldChanges(request.workerId, piece, digest);
+    const isEmpty = delta.upserts.length === 0 && delta.removes.length === 0;
+    if (isEmpty && !(isLast && request.isReplyRequired && diffs.length === 0)) return;
+    const revision = isLast ? request.toRevision : (piece.at(-1) as ChangeRecord).revision;
+    diffs.push({ ...diffText(request, piece, delta, from, revision), changesCarried: carried });
+    from = revision;
+    digest = delta.digest;
+  });
+  return diffs;
+}
+
+/** Cuts changes into runs whose routes' JSON stays under `maxBytes`; always at least one run. */
+function splitBySize(changes: ChangeRecord[], maxBytes: number): ChangeRecord[][] {
+  const pieces: ChangeRecord[][] = [[]];
+  let bytes = 0;
+  for (const change of changes) {
+    const size = change.route ? Buffer.byteLength(routeText(change)) : 40;
+    const current = pieces[pieces.length - 1];
+    if (current.length > 0 && bytes + size > maxBytes) {
+      pieces.push([]);
+      bytes = 0;
+    }
+    pieces[pieces.length - 1].push(change);
+    bytes += size;
+  }
+  return pieces;
+}
+
+function diffText(
+  request: DiffRequest,
+  piece: ChangeRecord[],
+  delta: TableDelta,
+  from: number,
+  revision: number,
+): Omit<DiffText, 'changesCarried'> {
+  const lastChanges = new Map<string, ChangeRecord>();
+  for (const change of piece) if (change.route_id) lastChanges.set(change.route_id, change);
+  const upserts = delta.upserts.map((route) => routeText(lastChanges.get(route.id) as ChangeRecord));
+  const text =
+    `{"type":"diff","epoch":${JSON.stringify(request.epoch)},"from_revision":${from},` +
+    `"revision":${revision},"upserts":[${upserts.join(',')}],` +
+    `"removes":${JSON.stringify(delta.removes)},"digest":"${delta.digest.toHex()}"}`;
+  return {
+    text,
+    fromRevision: from,
+    revision,
+    digest: delta.digest,
+    routeIds: [...delta.upserts.map((route) => route.id), ...delta.removes],
+    commitTimes: piece.map((change) => Date.parse(change.at)),
+  };
+}
+
+/** Builds a diff that sends routes again without moving the table's revision or digest. */
+export function refreshDiffText(epoch: string, revision: number, digest: string, routes: Route[]) {
+  return JSON.stringify({
+    type: 'diff',
+    epoch,
+    from_revision: revision,
+    revision,
+    upserts: routes,
+    removes: [],
+    digest,
+  });
+}
+
+/** What a streamed snapshot was, once its last message went out. */
+export interface SnapshotSummary {
+  revision: number;
+  digest: string;
+  routeCount: number;
+  messageCount: number;
+  bytes: number;
+}
+
+export interface SnapshotOptions {
+  workerId: string;
+  epoch: string;
+  /** Target size of one snapshot message; a single route larger than this still goes alone. */
+  chunkBytes: number;
+  /** Routes read from the database per query. */
+  pageSize: number;
+  /** Called once the snapshot's revision and digest are known, before any message. */
+  onStart?: (revision: number, digest: string) => void;
+  /**
+   * Sends one message; the stream waits for it, so its pace bounds memory.
+   * Throwing ends the stream and its transaction.
+   */
+  send: (text: string, isLast: boolean) => Promise<void>;
+}
+
+/**
+ * Streams a worker's whole table at one revision: reads it page by page in
+ * one read-only REPEATABLE READ transaction and sends it in messages of about
+ * `chunkBytes`, all but the last with `more: true`, each with the digest of
+ * the whole table. Memory stays at about one page and one message.
+ */
+export async function streamSnapshot(sql: Sql, options: SnapshotOptions): Promise<SnapshotSummary> {
   return sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (tx) => {
     const meta = await readMeta(tx);
-    const routes: Route[] = [];
-    for (;;) {
-      const page = await workerRoutes(tx, workerId, 5000, routes.at(-1)?.id);
-      routes.push(...page);
-      if (page.length < 5000) break;
+    const digest = await readTableDigest(tx, options.workerId);
+    options.onStart?.(meta.revision, digest);
+    const chunker = new SnapshotChunker(options, meta.revision, digest);
+    for (let after = 0; ; ) {
+      const page = await workerRoutesAfterRevision(tx, options.workerId, after, options.pageSize);
+      for (const route of page) await chunker.add(JSON.stringify(route));
+      if (page.length < options.pageSize) break;
+      after = (page.at(-1) as Route).revision;
     }
-    return { revision: meta.revision, routes, digest: tableDigest(routes) };
-  }) as Promise<TableSnapshot>;
+    return chunker.finish();
+  }) as Promise<SnapshotSummary>;
+}
+
+/** Packs route JSON into snapshot messages, holding one back to learn whether more follow. */
+class SnapshotChunker {
+  readonly #options: SnapshotOptions;
+  readonly #head: string;
+  readonly #tail: string;
+  #routes: string[] = [];
+  #bytes = 0;
+  #held: string[] | null = null;
+  readonly #summary: SnapshotSummary;
+
+  constructor(options: SnapshotOptions, revision: number, digest: string) {
+    this.#options = options;
+    this.#head = `{"type":"snapshot","epoch":${JSON.stringify(options.epoch)},"revision":${revision},"routes":[`;
+    this.#tail = `],"digest":"${digest}"`;
+    this.#summary = { revision, digest, routeCount: 0, messageCount: 0, bytes: 0 };
+  }
+
+  async add(route: string): Promise<void> {
+    const size = Buffer.byteLength(route) + 1;
+    if (this.#routes.length > 0 && this.#bytes + size > this.#options.chunkBytes) {
+      await this.#hold(this.#routes);
+      this.#routes = [];
+      this.#bytes = 0;
+    }
+    this.#routes.push(route);
+    this.#bytes += size;
+    this.#summary.routeCount += 1;
+  }
+
+  async finish(): Promise<SnapshotSummary> {
+    await this.#hold(this.#routes);
+    await this.#send(this.#held as string[], false);
+    return this.#summary;
+  }
+
+  /** Sends the held message, flagged as followed by more, and holds `routes` instead. */
+  async #hold(routes: string[]): Promise<void> {
+    if (this.#held) await this.#send(this.#held, true);
+    this.#held = routes;
+  }
+
+  async #send(routes: string[], hasMore: boolean): Promise<void> {
+    const text = `${this.#head}${routes.join(',')}${this.#tail}${hasMore ? ',"more":true}' : '}'}`;
+    this.#summary.messageCount += 1;
+    this.#summary.bytes += Buffer.byteLength(text);
+    await this.#options.send(text, !hasMore);
+  }
 }
 
 export type ResumePlan =
-  | { kind: 'diff'; fromRevision: number; revision: number; delta: TableDelta }
+  | {
+      kind: 'diff';
+      fromRevision: number;
+      revision: number;
+      /** The table's digest at `fromRevision`, equal to the one the worker sent. */
+      digest: TableDigest;
+      /** Changes of the worker's table after `fromRevision`, in revision order. */
+      changes: ChangeRecord[];
+    }
   | { kind: 'snapshot'; reason: string };
 
 /**
  * Decides how a worker that has the table of `fromRevision` with `digest`
- * catches up: a diff when the change log still covers that revision and the
- * digest matches the table the coordinator expects there, else a snapshot.
+ * catches up: a diff when the change log still covers that revision with at
+ * most `maxChanges` changes of this worker and the digest matches the table
+ * the coordinator expects there, else a snapshot.
  */
 export async function planResume(
   sql: Sql,
-  workerId: string,
-  fromRevision: number,
-  digest: string,
+  request: { workerId: string; fromRevision: number; digest: string; maxChanges: number },
 ): Promise<ResumePlan> {
+  const { workerId, fromRevision, maxChanges } = request;
   return sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (tx) => {
     const meta = await readMeta(tx);
     if (fromRevision > meta.revision) return snapshotPlan('revision is ahead of the database');
     if (fromRevision < meta.compactedThrough) return snapshotPlan('change log compacted');
-    const current = await tx`SELECT id, revision FROM routes WHERE worker_id = ${workerId}`;
-    const changes = await workerChangesAfter(tx, workerId, fromRevision);
-    const expected = digestAt(workerId, current, changes);
-    if (expected.toHex() !== digest) return snapshotPlan('digest differs from the stored table');
-    const delta = foldChanges(workerId, changes, expected);
-    return { kind: 'diff', fromRevision, revision: meta.revision, delta };
+    const stored = new TableDigest(await readTableDigest(tx, workerId));
+    const changes = await workerChangesAfter(tx, workerId, fromRevision, maxChanges + 1);
+    if (changes.length > maxChanges) return snapshotPlan('too many changes; a snapshot is smaller');
+    const expected = digestBefore(workerId, stored, changes);
+    if (expected.toHex() !== request.digest) {
+      return snapshotPlan('digest differs from the stored table');
+    }
+    return { kind: 'diff', fromRevision, revision: meta.revision, digest: expected, changes };
   }) as Promise<ResumePlan>;
 }
 
@@ -111,18 +319,14 @@ function snapshotPlan(reason: string): ResumePlan {
   return { kind: 'snapshot', reason };
 }
 
-/** Rebuilds the digest a worker's table had before `changes`, from today's table. */
-function digestAt(
-  workerId: string,
-  current: readonly Record<string, unknown>[],
-  changes: ChangeRecord[],
-): TableDigest {
-  const revisions = new Map(current.map((row) => [String(row.id), Number(row.revision)]));
-  const digest = new TableDigest(tableDigest([...revisions].map(([id, revision]) => ({ id, revision }))));
-  for (const { first } of firstAndLast(changes).values()) {
+/** Rebuilds the digest a worker's table had before `changes` from its digest after them. */
+function digestBefore(workerId: string, after: TableDigest, changes: ChangeRecord[]): TableDigest {
+  const digest = after.clone();
+  for (const { first, last } of firstAndLast(changes).values()) {
     const id = String(first.route_id);
-    const now = revisions.get(id);
-    if (now !== undefined) digest.toggle(id, now);
+    if (last.worker_id === workerId && last.type !== 'route.deleted') {
+      digest.toggle(id, last.revision);
+    }
     if (first.prev_worker_id === workerId) digest.toggle(id, Number(first.prev_revision));
   }
   return digest;

@@ -1,52 +1,42 @@
 import { randomUUID } from 'node:crypto';
 import type {
-  Backend,
   CreateRouteBody,
   PatchRouteBody,
   Route,
-  RouteProtocol,
+  SessionRouteSpec,
+  SessionRoutesResponse,
 } from '../../proto/index.ts';
-import {
-  BadRequestError,
-  ConflictError,
-  NoWorkerError,
-  NotFoundError,
-  PreconditionFailedError,
-} from '../errors.ts';
+import { ConflictError, NoWorkerError, NotFoundError, PreconditionFailedError } from '../errors.ts';
 import type { Queryable, Sql } from '../store/database.ts';
 import * as store from '../store/routes.ts';
 import { placementCandidates, type Candidate } from '../store/workers.ts';
 import type { WriteTx, Writer } from '../store/writer.ts';
 import {
-  generatedSubdomain,
-  hasCapacity,
-  routeUrl,
-  servesProtocol,
-  withRandomSuffix,
+  eligibleWorkers,
+  placementAt,
+  subdomainChoices,
+  type Placement,
+  type PlacementRequest,
 } from './placement.ts';
+import {
+  isAtRequestedAddress,
+  newRoute,
+  noWorkerError,
+  placementRequest,
+  recordCreated,
+  recordDeleted,
+  recordUpdated,
+  sameLabels,
+  sameSpec,
+  selectorOf,
+  stampChange,
+} from './route-changes.ts';
+import { replaceSessionRoutes } from './session-routes.ts';
 
-/** A placement request: the route and the constraints its worker must meet. */
-export interface PlacementRequest {
-  protocol: RouteProtocol;
-  service: string;
-  sessionId: string;
-  workerId?: string;
-  port?: number;
-  subdomain?: string;
-  /** Only workers of this mode; failover keeps a route's mode. */
-  frontendMode?: 'port' | 'wildcard';
-  /** A worker that must not take the route: the one it fails over from. */
-  excludeWorkerId?: string;
-}
+export type { Placement, PlacementRequest } from './placement.ts';
 
-export interface Placement {
-  worker: Candidate;
-  port: number | null;
-  subdomain: string | null;
-  url: string;
-}
-
-const GENERATED_NAME_ATTEMPTS = 5;
+/** Routes deleted for idleness by one write transaction. */
+const EXPIRY_BATCH = 500;
 
 /** Creates, changes and deletes routes; every write goes through the writer. */
 export class RouteService {
@@ -75,8 +65,7 @@ export class RouteService {
    * (any case, with or without `:port`), only among `workerId`'s routes when given.
    */
   findByHost(host: string, workerId?: string): Promise<Route | null> {
-    // NOTE: registration stores a wildcard domain in the case given, and the
-    // comparison here is exact, so only lower-case wildcard domains are found.
+    // Registration stores wildcard domains in lower case, so the lower-cased host matches.
     const name = host.toLowerCase().replace(/:\d{1,5}$/, '').replace(/\.$/, '');
     const dot = name.indexOf('.');
     if (dot <= 0) return Promise.resolve(null);
@@ -97,23 +86,10 @@ export class RouteService {
       const existing = await store.findRouteBySessionService(tx.sql, body.session_id, body.service);
       if (existing) return { route: matchExisting(existing, body), isCreated: false };
 
-      const placement = await placeRoute(tx.sql, {
-        protocol: body.protocol,
-        service: body.service,
-        sessionId: body.session_id,
-        workerId: body.worker_id,
-        port: body.port,
-        subdomain: body.subdomain?.toLowerCase(),
-      });
-      const route = newRoute(body, placement, tx);
+      const placement = await placeRoute(tx.sql, placementRequest(body, body.session_id));
+      const route = newRoute({ ...body, id: randomUUID(), placement, tx });
       await store.insertRoute(tx.sql, route);
-      tx.record({
-        type: 'route.created',
-        route_id: route.id,
-        session_id: route.session_id,
-        worker_id: route.worker_id,
-        route,
-      });
+      recordCreated(tx, route);
       return { route, isCreated: true };
     });
   }
@@ -122,31 +98,23 @@ export class RouteService {
   patch(id: string, body: PatchRouteBody, ifMatch?: number): Promise<Route> {
     return this.#writer.run(async (tx) => {
       const route = await loadForWrite(tx, id, ifMatch);
-      const next: Route = { ...route, ...definedFields(body) };
+      const next = patched(route, body);
       if (sameSpec(route, next)) return route;
 
-      next.revision = tx.nextRevision();
-      next.status = 'pending';
-      next.updated_at = tx.now.toISOString();
-      await store.updateRoute(tx.sql, next);
-      tx.record({
-        type: 'route.updated',
-        route_id: id,
-        session_id: next.session_id,
-        worker_id: next.worker_id,
-        prev_worker_id: route.worker_id,
-        prev_revision: route.revision,
-        route: next,
-      });
+      await store.updateRoute(tx.sql, stampChange(next, tx));
+      recordUpdated(tx, route, next);
       return next;
     });
   }
 
-  remove(id: string, ifMatch?: number): Promise<void> {
+  /** Deletes a route; returns the worker it was on and the revision of the deletion. */
+  remove(id: string, ifMatch?: number): Promise<{ workerId: string; revision: number } | null> {
     return this.#writer.run(async (tx) => {
       await loadForWrite(tx, id, ifMatch);
       const route = await store.deleteRoute(tx.sql, id);
-      if (route) recordDeleted(tx, route, 'api');
+      if (!route) return null;
+      recordDeleted(tx, route, 'api');
+      return { workerId: route.worker_id, revision: tx.revision };
     });
   }
 
@@ -157,6 +125,36 @@ export class RouteService {
       for (const route of routes) recordDeleted(tx, route, 'session_ended');
       return routes.length;
     });
+  }
+
+  /**
+   * Makes a session's routes exactly `specs`, one route per service, in one
+   * transaction: missing ones are created, changed ones updated (or replaced
+   * when protocol, mode or placement must change), the rest deleted.
+   */
+  replaceSession(sessionId: string, specs: SessionRouteSpec[]): Promise<SessionRoutesResponse> {
+    return this.#writer.run((tx) => replaceSessionRoutes(tx, sessionId, specs));
+  }
+
+  /**
+   * Deletes routes idle longer than their `idle_timeout_s`, in batches, each
+   * with a `route.deleted` event of reason `idle`.
+   *
+   * @returns the routes deleted.
+   */
+  async expireIdle(): Promise<Route[]> {
+    // A read first, so sweeps with nothing to expire take no write lock.
+    if (!(await store.hasIdleRoutes(this.#sql, new Date()))) return [];
+    const expired: Route[] = [];
+    for (;;) {
+      const batch = await this.#writer.run(async (tx) => {
+        const routes = await store.deleteIdleRoutes(tx.sql, tx.now, EXPIRY_BATCH);
+        for (const route of routes) recordDeleted(tx, route, 'idle');
+        return routes;
+      });
+      expired.push(...batch);
+      if (batch.length < EXPIRY_BATCH) return expired;
+    }
   }
 }
 
@@ -171,51 +169,28 @@ async function loadForWrite(tx: WriteTx, id: string, ifMatch?: number): Promise<
   return route;
 }
 
-export function recordDeleted(tx: WriteTx, route: Route, reason: string): void {
-  tx.record({
-    type: 'route.deleted',
-    route_id: route.id,
-    session_id: route.session_id,
-    prev_worker_id: route.worker_id,
-    prev_revision: route.revision,
-    route,
-    reason,
-  });
+/** Returns `route` with the given fields of a PATCH body; `idle_timeout_s: null` removes it. */
+function patched(route: Route, body: PatchRouteBody): Route {
+  const { idle_timeout_s: idleTimeoutS, ...fields } = body;
+  const next: Route = { ...route };
+  for (const [key, value] of Object.entries(fields)) {
+    if (value !== undefined) Object.assign(next, { [key]: value });
+  }
+  if (idleTimeoutS === null) delete next.idle_timeout_s;
+  else if (idleTimeoutS !== undefined) next.idle_timeout_s = idleTimeoutS;
+  return next;
 }
 
-function newRoute(body: CreateRouteBody, placement: Placement, tx: WriteTx): Route {
-  const now = tx.now.toISOString();
-  return {
-    id: randomUUID(),
-    session_id: body.session_id,
-    service: body.service,
-    protocol: body.protocol,
-    mode: body.mode,
-    backends: body.backends.map((b) => ({ host: b.host, port: b.port, weight: b.weight })),
-    worker_id: placement.worker.id,
-    port: placement.port,
-    subdomain: placement.subdomain,
-    url: placement.url,
-    open_to_public: body.open_to_public,
-    allowed_client_ips: body.allowed_client_ips,
-    labels: body.labels,
-    status: 'pending',
-    revision: tx.nextRevision(),
-    created_at: now,
-    updated_at: now,
-  };
-}
-
-function definedFields(body: PatchRouteBody): Partial<Route> {
-  return Object.fromEntries(Object.entries(body).filter(([, value]) => value !== undefined));
-}
-
+/**
+ * Returns the existing route when a create repeats it: the same spec, and the
+ * same placement fields where the request gives them. Anything else conflicts.
+ */
 function matchExisting(existing: Route, body: CreateRouteBody): Route {
+  const selector = selectorOf(body.worker_selector);
   const isSame =
     sameSpec(existing, body) &&
-    (body.worker_id === undefined || body.worker_id === existing.worker_id) &&
-    (body.port === undefined || body.port === existing.port) &&
-    (body.subdomain === undefined || body.subdomain.toLowerCase() === existing.subdomain);
+    isAtRequestedAddress(existing, body) &&
+    (selector === undefined || sameLabels(selector, existing.worker_selector ?? {}));
   if (isSame) return existing;
   throw new ConflictError(
     `Session ${existing.session_id} already has a ${existing.service} route with another spec; ` +
@@ -224,42 +199,14 @@ function matchExisting(existing: Route, body: CreateRouteBody): Route {
   );
 }
 
-type Spec = Pick<Route, 'open_to_public' | 'allowed_client_ips' | 'labels'> & {
-  backends: Array<Pick<Backend, 'host' | 'port'> & { weight?: number }>;
-  protocol?: string;
-  mode?: string;
-};
-
-/** Compares specs after defaults, treating backends and client ranges as unordered. */
-export function sameSpec(a: Spec, b: Spec): boolean {
-  return (
-    (a.protocol ?? 'http') === (b.protocol ?? 'http') &&
-    (a.mode ?? 'interactive') === (b.mode ?? 'interactive') &&
-    a.open_to_public === b.open_to_public &&
-    canonical(a.backends.map(backendKey)) === canonical(b.backends.map(backendKey)) &&
-    canonical(a.allowed_client_ips) === canonical(b.allowed_client_ips) &&
-    JSON.stringify(sortKeys(a.labels)) === JSON.stringify(sortKeys(b.labels))
-  );
-}
-
-function backendKey(backend: Spec['backends'][number]): string {
-  return `${backend.host.toLowerCase()}|${backend.port}|${backend.weight ?? 1}`;
-}
-
-function canonical(values: string[]): string {
-  return JSON.stringify([...values].sort());
-}
-
-function sortKeys(labels: Record<string, string>): Array<[string, string]> {
-  return Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-}
-
 /**
- * Chooses a worker and an address for a route, least loaded worker first.
+ * Chooses a worker and an address for one route, least loaded worker first.
  * Runs inside the write transaction, so no other writer races it.
  */
 export async function placeRoute(q: Queryable, request: PlacementRequest): Promise<Placement> {
-  const candidates = await eligibleWorkers(q, request);
+  const workers = await placementCandidates(q);
+  const candidates = eligibleWorkers(workers, request);
+  if (candidates.length === 0) throw await noWorkerError(q, workers, request);
   if (request.port !== undefined) return placeOnPort(q, candidates, request, request.port);
   if (request.subdomain !== undefined) {
     return placeOnSubdomain(q, candidates, request, request.subdomain);
@@ -269,40 +216,9 @@ export async function placeRoute(q: Queryable, request: PlacementRequest): Promi
     if (placement) return placement;
   }
   throw new NoWorkerError(
-    `All ${candidates.length} live workers that serve ${request.protocol} are full ` +
-      '(capacity or port range); register another worker or free routes.',
+    `Every generated subdomain for ${request.service} is taken on the eligible workers; ` +
+      'request a subdomain.',
   );
-}
-
-async function eligibleWorkers(q: Queryable, request: PlacementRequest): Promise<Candidate[]> {
-  const all = await placementCandidates(q, request.protocol, request.excludeWorkerId);
-  const eligible = all.filter(
-    (worker) =>
-      servesProtocol(worker, request.protocol) &&
-      hasCapacity(worker) &&
-      (request.frontendMode === undefined || worker.frontend_mode === request.frontendMode) &&
-      (request.workerId === undefined || worker.id === request.workerId),
-  );
-  if (eligible.length > 0) return eligible;
-  throw new NoWorkerError(await explainNoWorker(q, request, all));
-}
-
-async function explainNoWorker(
-  q: Queryable,
-  request: PlacementRequest,
-  alive: Candidate[],
-): Promise<string> {
-  if (request.workerId === undefined) {
-    return `No live worker serves protocol ${request.protocol} with room for another route.`;
-  }
-  const pinned = alive.find((worker) => worker.id === request.workerId);
-  if (pinned) {
-    return `Worker ${pinned.authority} cannot take this route: it is full or does not serve ` +
-      `protocol ${request.protocol} in ${pinned.frontend_mode} mode.`;
-  }
-  const [row] = await q`SELECT authority, status FROM workers WHERE id = ${request.workerId}`;
-  if (!row) throw new BadRequestError(`worker_id ${request.workerId} names no registered worker.`);
-  return `Worker ${row.authority} is ${row.status}; it takes no new routes.`;
 }
 
 async function placeOnPort(
@@ -311,18 +227,15 @@ async function placeOnPort(
   request: PlacementRequest,
   port: number,
 ): Promise<Placement> {
-  const inRange = candidates.filter(
-    (w) => w.port_range !== null && port >= w.port_range[0] && port <= w.port_range[1],
-  );
-  if (inRange.length === 0) {
-    throw new NoWorkerError(`No eligible port-mode worker has port ${port} in its port range.`);
-  }
   let takenBy: string | null = null;
-  for (const worker of inRange) {
+  for (const worker of candidates) {
     takenBy = await store.routeIdAtPort(q, worker.id, port);
-    if (takenBy === null) return placed(worker, request.protocol, port, null);
+    if (takenBy === null) return placementAt(worker, request.protocol, { port, subdomain: null });
   }
-  throw new ConflictError(`Port ${port} is taken on every eligible worker.`, takenBy ?? undefined);
+  throw new ConflictError(
+    `Port ${port} is taken on every worker that could take this route.`,
+    takenBy ?? undefined,
+  );
 }
 
 async function placeOnSubdomain(
@@ -331,17 +244,13 @@ async function placeOnSubdomain(
   request: PlacementRequest,
   subdomain: string,
 ): Promise<Placement> {
-  const wildcard = candidates.filter((worker) => worker.frontend_mode === 'wildcard');
-  if (wildcard.length === 0) {
-    throw new NoWorkerError('No eligible wildcard-mode worker can serve a requested subdomain.');
-  }
   let takenBy: string | null = null;
-  for (const worker of wildcard) {
+  for (const worker of candidates) {
     takenBy = await store.routeIdAtSubdomain(q, worker.id, subdomain);
-    if (takenBy === null) return placed(worker, request.protocol, null, subdomain);
+    if (takenBy === null) return placementAt(worker, request.protocol, { port: null, subdomain });
   }
   throw new ConflictError(
-    `Subdomain ${subdomain} is taken on every eligible worker.`,
+    `Subdomain ${subdomain} is taken on every worker that could take this route.`,
     takenBy ?? undefined,
   );
 }
@@ -354,23 +263,12 @@ async function placeAnywhere(
   if (worker.frontend_mode === 'port') {
     const [first, last] = worker.port_range ?? [0, -1];
     const port = await store.lowestFreePort(q, worker.id, first, last);
-    return port === null ? null : placed(worker, request.protocol, port, null);
+    return port === null ? null : placementAt(worker, request.protocol, { port, subdomain: null });
   }
-  let subdomain = generatedSubdomain(request.service, request.sessionId);
-  for (let attempt = 0; attempt < GENERATED_NAME_ATTEMPTS; attempt++) {
+  for (const subdomain of subdomainChoices(request)) {
     if ((await store.routeIdAtSubdomain(q, worker.id, subdomain)) === null) {
-      return placed(worker, request.protocol, null, subdomain);
+      return placementAt(worker, request.protocol, { port: null, subdomain });
     }
-    subdomain = withRandomSuffix(generatedSubdomain(request.service, request.sessionId));
   }
   return null;
-}
-
-function placed(
-  worker: Candidate,
-  protocol: RouteProtocol,
-  port: number | null,
-  subdomain: string | null,
-): Placement {
-  return { worker, port, subdomain, url: routeUrl(worker, protocol, { port, subdomain }) };
 }

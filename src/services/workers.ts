@@ -1,5 +1,6 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type {
+  DrainWorkerResponse,
   Nack,
   RegisterWorkerBody,
   RegisterWorkerResponse,
@@ -7,19 +8,27 @@ import type {
   Worker,
   WorkerEventSubject,
 } from '../../proto/index.ts';
-import { AppError, ConflictError, NotFoundError } from '../errors.ts';
+import { ConflictError, NotFoundError } from '../errors.ts';
+import type { Logger } from '../log.ts';
 import type { Sql } from '../store/database.ts';
 import { readMeta } from '../store/changes.ts';
 import * as routeStore from '../store/routes.ts';
 import * as store from '../store/workers.ts';
 import type { WriteTx, Writer } from '../store/writer.ts';
-import { placeRoute } from './routes.ts';
+import { findMismatch, hasRoom, isPlaced, PlacementPlanner, type PlacementRequest } from './placement.ts';
+import { recordMoved } from './route-changes.ts';
 
 /** Routes returned in a registration response; the session's snapshot carries the rest. */
 const REGISTRATION_ROUTE_LIMIT = 1000;
 
-/** Routes moved by one failover transaction. */
-const FAILOVER_BATCH = 200;
+/**
+ * Routes moved by one write transaction. The diff of a full batch (about
+ * 500 bytes per route) stays well below the 1 MiB message limit.
+ */
+const MOVE_BATCH = 1000;
+
+/** How long reported route activity waits before it is written, batched, in ms. */
+const ACTIVITY_FLUSH_MS = 1000;
 
 export interface HeartbeatSettings {
   intervalMs: number;
@@ -46,11 +55,16 @@ export class WorkerService {
   readonly #sql: Sql;
   readonly #writer: Writer;
   readonly #heartbeat: HeartbeatSettings;
+  readonly #log: Logger | undefined;
+  /** Reported activity not yet written, by route id; the latest report of each wins. */
+  #activity = new Map<string, routeStore.RouteActivity>();
+  #activityTimer: NodeJS.Timeout | undefined;
 
-  constructor(sql: Sql, writer: Writer, heartbeat: HeartbeatSettings) {
+  constructor(sql: Sql, writer: Writer, heartbeat: HeartbeatSettings, log?: Logger) {
     this.#sql = sql;
     this.#writer = writer;
     this.#heartbeat = heartbeat;
+    this.#log = log;
   }
 
   get(id: string): Promise<Worker | null> {
@@ -187,8 +201,8 @@ export class WorkerService {
     });
   }
 
-  recordAck(key: store.InstanceKey, revision: number): Promise<boolean> {
-    return store.recordAck(this.#sql, key, revision, new Date());
+  recordAck(key: store.InstanceKey, revision: number, clearsNack = true): Promise<boolean> {
+    return store.recordAck(this.#sql, key, revision, new Date(), clearsNack);
   }
 
   recordNack(key: store.InstanceKey, nack: Nack): Promise<void> {
@@ -210,75 +224,182 @@ export class WorkerService {
    * @returns the routes moved.
    */
   async failOver(): Promise<Route[]> {
-    const moved: Route[] = [];
-    let afterId: string | undefined;
-    for (;;) {
-      const page = await routeStore.strandedRoutes(this.#sql, FAILOVER_BATCH, afterId);
-      if (page.length === 0) return moved;
-      afterId = page[page.length - 1].id;
-      moved.push(...(await this.#writer.run((tx) => moveRoutes(tx, page))));
+    if (!(await this.#canMoveStranded())) return [];
+    return this.#moveInBatches((tx, afterId) =>
+      routeStore.strandedRoutes(tx.sql, MOVE_BATCH, afterId),
+    );
+  }
+
+  /**
+   * Checks, without the write lock, whether some stranded route has a live
+   * worker that could take it, so routes with nowhere to go cost one read per
+   * sweep instead of a write transaction per batch.
+   */
+  async #canMoveStranded(): Promise<boolean> {
+    const needs = await routeStore.strandedNeeds(this.#sql);
+    if (needs.length === 0) return false;
+    const workers = (await store.placementCandidates(this.#sql)).filter(hasRoom);
+    return needs.some((need) => {
+      const request = { ...need, service: '', sessionId: '' };
+      return workers.some((worker) => findMismatch(worker, request) === null);
+    });
+  }
+
+  /**
+   * Sets a worker `draining`: it keeps its routes but takes no new ones.
+   * With `move`, its routes move to other live workers now, in batches;
+   * those that fit nowhere stay.
+   */
+  async drain(id: string, options: { move: boolean }): Promise<DrainWorkerResponse> {
+    await this.#writer.run(async (tx) => {
+      const worker = await store.findWorkerRecord(tx.sql, id);
+      if (!worker) throw new NotFoundError(`Worker ${id} not found.`);
+      if (worker.status === 'lost' || worker.status === 'deregistered') {
+        throw new ConflictError(
+          `Worker ${worker.authority} is ${worker.status}; only a live worker can drain, ` +
+            'and the routes of this one fail over by themselves.',
+        );
+      }
+      if (worker.status !== 'draining') await store.setWorkerStatus(tx.sql, id, 'draining');
+    });
+    const moved = options.move
+      ? await this.#moveInBatches((tx, afterId) =>
+          routeStore.workerRoutes(tx.sql, id, MOVE_BATCH, afterId),
+        )
+      : [];
+    const worker = (await store.findWorker(this.#sql, id)) as Worker;
+    return { worker, moved: moved.length, remaining: worker.route_count };
+  }
+
+  /**
+   * Runs one write job per batch of routes that `load` returns, in id order
+   * after the previous batch, moving each route that fits somewhere. A job
+   * that loads a full batch queues the next one at once, so the writer starts
+   * it as soon as this one commits, while workers still apply the last diff.
+   */
+  async #moveInBatches(
+    load: (tx: WriteTx, afterId: string | undefined) => Promise<Route[]>,
+  ): Promise<Route[]> {
+    const jobs: Array<Promise<Route[]>> = [];
+    const submit = (afterId: string | undefined) => {
+      let isNextQueued = false;
+      const job = this.#writer.run(async (tx) => {
+        const routes = await load(tx, afterId);
+        // A job that the writer runs again after a failed batch queues no second successor.
+        if (routes.length === MOVE_BATCH && !isNextQueued) {
+          isNextQueued = true;
+          submit(routes[routes.length - 1].id);
+        }
+        return moveRoutes(tx, routes);
+      });
+      jobs.push(job);
+    };
+    submit(undefined);
+    return settleInOrder(jobs);
+  }
+
+  /**
+   * Takes the routes a heartbeat reports active. Writes are batched: one
+   * statement per second at most, whatever the number of workers.
+   */
+  recordActivity(workerId: string, routes: Array<{ id: string; last_activity_at: string }>): void {
+    for (const route of routes) {
+      const at = new Date(route.last_activity_at);
+      const known = this.#activity.get(route.id);
+      if (known && known.workerId === workerId && known.at >= at) continue;
+      this.#activity.set(route.id, { routeId: route.id, workerId, at });
+    }
+    if (this.#activity.size === 0 || this.#activityTimer) return;
+    this.#activityTimer = setTimeout(() => void this.flushActivity(), ACTIVITY_FLUSH_MS);
+    // Pending activity alone keeps no process alive; stopping flushes it.
+    this.#activityTimer.unref();
+  }
+
+  /** Writes the route activity taken so far; a failed write is kept for the next flush. */
+  async flushActivity(): Promise<void> {
+    clearTimeout(this.#activityTimer);
+    this.#activityTimer = undefined;
+    if (this.#activity.size === 0) return;
+    const items = this.#activity;
+    this.#activity = new Map();
+    try {
+      await routeStore.recordRouteActivity(this.#sql, [...items.values()]);
+    } catch (error) {
+      this.#log?.warn({ err: error, routes: items.size }, 'writing route activity failed; will retry');
+      for (const [id, item] of items) if (!this.#activity.has(id)) this.#activity.set(id, item);
+      this.#activityTimer ??= setTimeout(() => void this.flushActivity(), ACTIVITY_FLUSH_MS).unref();
     }
   }
 }
 
-async function moveRoutes(tx: WriteTx, routes: Route[]): Promise<Route[]> {
+/**
+ * Waits for every job, including ones queued while waiting, and returns
+ * their routes in order; the first failure is thrown once all have settled.
+ */
+async function settleInOrder(jobs: Array<Promise<Route[]>>): Promise<Route[]> {
   const moved: Route[] = [];
-  for (const stale of routes) {
-    const route = await routeStore.findRoute(tx.sql, stale.id);
-    if (!route || route.status !== 'unavailable') continue;
-    const placement = await tryPlace(tx, route);
-    if (!placement) continue;
+  let failure: { error: unknown } | undefined;
+  for (let i = 0; i < jobs.length; i++) {
+    try {
+      moved.push(...(await jobs[i]));
+    } catch (error) {
+      failure ??= { error };
+    }
+  }
+  if (failure) throw failure.error;
+  return moved;
+}
 
-    const next: Route = {
+/**
+ * Moves routes whose worker is gone or draining onto live workers: plans in
+ * memory against one read of the candidates and their addresses in use, then
+ * writes every move in one statement and records one `route.moved` each.
+ */
+async function moveRoutes(tx: WriteTx, routes: Route[]): Promise<Route[]> {
+  if (routes.length === 0) return [];
+  const workers = await store.placementCandidates(tx.sql);
+  const planner = new PlacementPlanner(workers, (ids) => routeStore.addressesInUse(tx.sql, ids));
+  await planner.preload(workers.filter(hasRoom).map((worker) => worker.id));
+  const moves: Array<{ before: Route; after: Route }> = [];
+  for (const route of routes) {
+    const placement = await planner.place(moveRequest(route), route.id);
+    if (!isPlaced(placement)) continue;
+    const after: Route = {
       ...route,
       worker_id: placement.worker.id,
       port: placement.port,
       subdomain: placement.subdomain,
       url: placement.url,
-      status: 'pending',
-      revision: tx.nextRevision(),
-      updated_at: tx.now.toISOString(),
     };
-    await routeStore.updateRoute(tx.sql, next);
-    tx.record({
-      type: 'route.moved',
-      route_id: next.id,
-      session_id: next.session_id,
-      worker_id: next.worker_id,
-      prev_worker_id: route.worker_id,
-      prev_revision: route.revision,
-      route: next,
-      previous: previousPlacement(route),
-    });
-    moved.push(next);
+    moves.push({ before: route, after });
   }
-  return moved;
+  return recordMoves(tx, moves);
 }
 
-async function tryPlace(tx: WriteTx, route: Route) {
-  const [{ frontend_mode: frontendMode }] = await tx.sql`
-    SELECT frontend_mode FROM workers WHERE id = ${route.worker_id}`;
-  try {
-    return await placeRoute(tx.sql, {
-      protocol: route.protocol,
-      service: route.service,
-      sessionId: route.session_id,
-      frontendMode: frontendMode as 'port' | 'wildcard',
-      excludeWorkerId: route.worker_id,
-    });
-  } catch (error) {
-    // Nowhere to go now: the route stays unavailable and is tried again on the next sweep.
-    if (error instanceof AppError) return null;
-    throw error;
-  }
-}
-
-function previousPlacement(route: Route) {
-  const previous: { worker_id: string; port?: number; subdomain?: string; url: string } = {
-    worker_id: route.worker_id,
-    url: route.url,
+/** A moved route keeps its mode, protocol and worker selector, and its subdomain when free. */
+function moveRequest(route: Route): PlacementRequest {
+  return {
+    protocol: route.protocol,
+    service: route.service,
+    sessionId: route.session_id,
+    frontendMode: route.port !== null ? 'port' : 'wildcard',
+    selector: route.worker_selector,
+    excludeWorkerId: route.worker_id,
+    preferredSubdomain: route.subdomain ?? undefined,
   };
-  if (route.port !== null) previous.port = route.port;
-  if (route.subdomain !== null) previous.subdomain = route.subdomain;
-  return previous;
+}
+
+async function recordMoves(tx: WriteTx, moves: Array<{ before: Route; after: Route }>) {
+  for (const { before, after } of moves) {
+    after.revision = tx.nextRevision();
+    after.status = 'pending';
+    after.updated_at = tx.now.toISOString();
+    recordMoved(tx, before, after);
+  }
+  await routeStore.applyMoves(
+    tx.sql,
+    moves.map(({ after }) => after),
+    tx.now,
+  );
+  return moves.map(({ after }) => after);
 }

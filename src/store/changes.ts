@@ -1,4 +1,4 @@
-import type { RouteEvent } from '../../proto/index.ts';
+import { EMPTY_DIGEST, type RouteEvent } from '../../proto/index.ts';
 import type { Queryable } from './database.ts';
 import type { ChangeRecord } from './writer.ts';
 
@@ -77,23 +77,41 @@ export async function changesAfter(
   return (await q.unsafe(text, values as never[])).map(rowToChange);
 }
 
-/** Returns the route changes after `since` that touched a worker's table, in order. */
+/**
+ * Returns the route changes after `since` that touched a worker's table, in
+ * revision order, at most `limit`.
+ */
 export async function workerChangesAfter(
   q: Queryable,
   workerId: string,
   since: number,
+  limit: number | null = null,
 ): Promise<ChangeRecord[]> {
   const rows = await q`
     SELECT * FROM changes
     WHERE revision > ${since} AND type LIKE 'route.%'
       AND (worker_id = ${workerId} OR prev_worker_id = ${workerId})
-    ORDER BY revision`;
+    ORDER BY revision
+    LIMIT ${limit}`;
   return rows.map(rowToChange);
 }
 
 /**
+ * Returns the digest of a worker's table as stored, which every write
+ * transaction keeps equal to the digest of the worker's routes; the empty
+ * digest for an unknown worker.
+ */
+export async function readTableDigest(q: Queryable, workerId: string): Promise<string> {
+  const rows = await q`
+    SELECT lpad(to_hex(digest_high), 16, '0') || lpad(to_hex(digest_low), 16, '0') AS digest
+    FROM workers WHERE id = ${workerId}`;
+  return rows.length > 0 ? String(rows[0].digest) : EMPTY_DIGEST;
+}
+
+/**
  * Deletes changes older than `maxAgeMs` and beyond the newest `maxCount`, and
- * raises the compaction mark so resumes from before it get a snapshot.
+ * raises the compaction mark so resumes from before it get a snapshot. One
+ * statement does both, so no reader sees rows gone below an old mark.
  *
  * @returns the number of rows deleted.
  */
@@ -106,11 +124,14 @@ export async function compactChanges(
     SELECT GREATEST(
       COALESCE((SELECT max(revision) FROM changes WHERE at < ${cutoff}), 0),
       (SELECT revision FROM meta) - ${limits.maxCount}
-    ) AS through`;
+    ) AS through,
+    (SELECT compacted_through FROM meta) AS compacted_through`;
   const through = Number(bound.through);
-  const [meta] = await q`SELECT compacted_through FROM meta`;
-  if (through <= Number(meta.compacted_through)) return 0;
-  const deleted = await q`DELETE FROM changes WHERE revision <= ${through}`;
-  await q`UPDATE meta SET compacted_through = GREATEST(compacted_through, ${through})`;
+  if (through <= Number(bound.compacted_through)) return 0;
+  const deleted = await q`
+    WITH mark AS (
+      UPDATE meta SET compacted_through = GREATEST(compacted_through, ${through})
+    )
+    DELETE FROM changes WHERE revision <= ${through}`;
   return deleted.count;
 }

@@ -20,7 +20,7 @@ function toIso(value: unknown): string {
 }
 
 export function rowToRoute(row: Row): Route {
-  return {
+  const route: Route = {
     id: String(row.id),
     session_id: String(row.session_id),
     service: String(row.service),
@@ -39,6 +39,22 @@ export function rowToRoute(row: Row): Route {
     created_at: toIso(row.created_at),
     updated_at: toIso(row.updated_at),
   };
+  return withOptionalFields(route, row);
+}
+
+/** Adds the fields a route carries only when set, so unset ones stay out of its JSON. */
+function withOptionalFields(route: Route, row: Row): Route {
+  if (row.idle_timeout_s !== null && row.idle_timeout_s !== undefined) {
+    route.idle_timeout_s = Number(row.idle_timeout_s);
+  }
+  if (row.worker_selector !== null && row.worker_selector !== undefined) {
+    route.worker_selector = row.worker_selector as Record<string, string>;
+  }
+  return route;
+}
+
+function jsonOrNull(value: unknown): string | null {
+  return value === undefined ? null : JSON.stringify(value);
 }
 
 export async function findRoute(q: Queryable, id: string): Promise<Route | null> {
@@ -92,12 +108,14 @@ export async function listRoutes(
 export async function insertRoute(q: Queryable, route: Route): Promise<void> {
   await q`
     INSERT INTO routes (id, session_id, service, protocol, mode, backends, worker_id, port,
-      subdomain, url, open_to_public, allowed_client_ips, labels, revision, created_at, updated_at)
+      subdomain, url, open_to_public, allowed_client_ips, labels, revision, created_at, updated_at,
+      idle_timeout_s, worker_selector)
     VALUES (${route.id}, ${route.session_id}, ${route.service}, ${route.protocol}, ${route.mode},
       ${JSON.stringify(route.backends)}::text::jsonb, ${route.worker_id}, ${route.port},
       ${route.subdomain}, ${route.url}, ${route.open_to_public},
       ${JSON.stringify(route.allowed_client_ips)}::text::jsonb, ${JSON.stringify(route.labels)}::text::jsonb,
-      ${route.revision}, ${route.created_at}, ${route.updated_at})`;
+      ${route.revision}, ${route.created_at}, ${route.updated_at}, ${route.idle_timeout_s ?? null},
+      ${jsonOrNull(route.worker_selector)}::text::jsonb)`;
 }
 
 /** Stores every mutable field of `route`: its spec, its placement and its revision. */
@@ -108,6 +126,8 @@ export async function updateRoute(q: Queryable, route: Route): Promise<void> {
       open_to_public = ${route.open_to_public},
       allowed_client_ips = ${JSON.stringify(route.allowed_client_ips)}::text::jsonb,
       labels = ${JSON.stringify(route.labels)}::text::jsonb,
+      idle_timeout_s = ${route.idle_timeout_s ?? null},
+      worker_selector = ${jsonOrNull(route.worker_selector)}::text::jsonb,
       worker_id = ${route.worker_id},
       port = ${route.port},
       subdomain = ${route.subdomain},
@@ -147,6 +167,36 @@ export async function workerRoutes(
     [workerId, afterId, limit],
   );
   return rows.map(rowToRoute);
+}
+
+/**
+ * Returns a worker's routes in revision order after `afterRevision`, at most
+ * `limit`: pages of a snapshot, read along the (worker_id, revision) index.
+ */
+export async function workerRoutesAfterRevision(
+  q: Queryable,
+  workerId: string,
+  afterRevision: number,
+  limit: number,
+): Promise<Route[]> {
+  const rows = await q.unsafe(
+    `${SELECT_ROUTE} WHERE r.worker_id = $1 AND r.revision > $2 ORDER BY r.revision LIMIT $3`,
+    [workerId, afterRevision, limit],
+  );
+  return rows.map(rowToRoute);
+}
+
+/** Returns the route on a worker whose last change has `revision`, if there is one. */
+export async function workerRouteAtRevision(
+  q: Queryable,
+  workerId: string,
+  revision: number,
+): Promise<Route | null> {
+  const rows = await q.unsafe(`${SELECT_ROUTE} WHERE r.worker_id = $1 AND r.revision = $2`, [
+    workerId,
+    revision,
+  ]);
+  return rows.length > 0 ? rowToRoute(rows[0]) : null;
 }
 
 /** Returns id and revision of every route of a worker: what its digest is made of. */
@@ -243,4 +293,116 @@ export async function strandedRoutes(
     [afterId, limit],
   );
   return rows.map(rowToRoute);
+}
+
+/** The addresses in use on one worker, each with the id of the route holding it. */
+export interface WorkerAddresses {
+  ports: Map<number, string>;
+  subdomains: Map<string, string>;
+}
+
+/** Reads the ports and subdomains in use on each of `workerIds`, in one query. */
+export async function addressesInUse(
+  q: Queryable,
+  workerIds: string[],
+): Promise<Map<string, WorkerAddresses>> {
+  const result = new Map<string, WorkerAddresses>();
+  for (const id of workerIds) result.set(id, { ports: new Map(), subdomains: new Map() });
+  if (workerIds.length === 0) return result;
+  const rows = await q`
+    SELECT id, worker_id, port, subdomain FROM routes
+    WHERE worker_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(workerIds)}::text::jsonb)::uuid)`;
+  for (const row of rows) {
+    const addresses = result.get(String(row.worker_id)) as WorkerAddresses;
+    if (row.port !== null) addresses.ports.set(Number(row.port), String(row.id));
+    if (row.subdomain !== null) addresses.subdomains.set(String(row.subdomain), String(row.id));
+  }
+  return result;
+}
+
+/** A route's new placement, as a move writes it. */
+export interface RouteMove {
+  id: string;
+  worker_id: string;
+  port: number | null;
+  subdomain: string | null;
+  url: string;
+  revision: number;
+}
+
+/**
+ * Writes many moves in one statement. The caller checked every new address
+ * against the addresses in use, under the write lock.
+ */
+export async function applyMoves(q: Queryable, moves: RouteMove[], at: Date): Promise<void> {
+  if (moves.length === 0) return;
+  await q`
+    UPDATE routes r SET worker_id = m.worker_id, port = m.port, subdomain = m.subdomain,
+      url = m.url, revision = m.revision, updated_at = ${at}
+    FROM jsonb_to_recordset(${JSON.stringify(moves)}::text::jsonb)
+      AS m (id uuid, worker_id uuid, port integer, subdomain text, url text, revision bigint)
+    WHERE r.id = m.id`;
+}
+
+/** Client activity a worker reported for one of its routes. */
+export interface RouteActivity {
+  routeId: string;
+  workerId: string;
+  at: Date;
+}
+
+/**
+ * Raises the last activity time of routes, only where the reporting worker
+ * still holds the route. A time ahead of the database clock counts as now,
+ * so a worker with a fast clock cannot keep a route from expiring.
+ */
+export async function recordRouteActivity(q: Queryable, items: RouteActivity[]): Promise<void> {
+  if (items.length === 0) return;
+  const json = JSON.stringify(items.map((item) => ({ id: item.routeId, w: item.workerId, at: item.at })));
+  await q`
+    UPDATE routes r SET last_activity_at = GREATEST(r.last_activity_at, LEAST(a.at, now()))
+    FROM jsonb_to_recordset(${json}::text::jsonb) AS a (id uuid, w uuid, at timestamptz)
+    WHERE r.id = a.id AND r.worker_id = a.w`;
+}
+
+// Routes idle longer than their idle_timeout_s at $1: no activity and no change for that
+// long. Only routes on a live or draining worker expire, because no client can reach the others.
+const IDLE_ROUTES = `
+  SELECT r.id FROM routes r JOIN workers w ON w.id = r.worker_id
+  WHERE r.idle_timeout_s IS NOT NULL AND w.status IN ('alive', 'draining')
+    AND GREATEST(r.updated_at, r.last_activity_at) + make_interval(secs => r.idle_timeout_s) < $1`;
+
+/** Returns whether any route is idle past its timeout at `now`. */
+export async function hasIdleRoutes(q: Queryable, now: Date): Promise<boolean> {
+  const rows = await q.unsafe(`SELECT EXISTS (${IDLE_ROUTES}) AS found`, [now]);
+  return Boolean(rows[0].found);
+}
+
+/** Deletes up to `limit` routes idle past their timeout at `now`, in id order. */
+export async function deleteIdleRoutes(q: Queryable, now: Date, limit: number): Promise<Route[]> {
+  const rows = await q.unsafe(
+    `DELETE FROM routes WHERE id IN (${IDLE_ROUTES} ORDER BY r.id LIMIT $2) RETURNING *`,
+    [now, limit],
+  );
+  return rows.map(rowToRoute).sort((a, b) => a.id.localeCompare(b.id));
+}
+
+/** What a stranded route needs from a worker: its protocol, its mode and its selector. */
+export interface StrandedNeed {
+  protocol: Route['protocol'];
+  frontendMode: 'port' | 'wildcard';
+  selector?: Record<string, string>;
+}
+
+/** Returns the distinct needs of routes on lost or deregistered workers. */
+export async function strandedNeeds(q: Queryable): Promise<StrandedNeed[]> {
+  const rows = await q`
+    SELECT DISTINCT r.protocol, r.port IS NOT NULL AS is_port_mode, r.worker_selector
+    FROM routes r JOIN workers w ON w.id = r.worker_id
+    WHERE w.status IN ('lost', 'deregistered')`;
+  return rows.map((row) => ({
+    protocol: row.protocol as Route['protocol'],
+    frontendMode: row.is_port_mode ? 'port' : 'wildcard',
+    selector: (row.worker_selector as Record<string, string> | null) ?? undefined,
+  }));
 }

@@ -156,7 +156,11 @@ export async function upsertWorker(q: Queryable, registration: WorkerRegistratio
       registered_at = EXCLUDED.registered_at, last_heartbeat_at = EXCLUDED.last_heartbeat_at`;
 }
 
-/** Stores an instance's registration; its previous session token stops working. */
+/**
+ * Stores an instance's registration; its previous session token stops working.
+ * A registration again is a new process: the old one's session and acks stop
+ * counting here, because the fenced close of that session cannot clear them.
+ */
 export async function upsertInstance(
   q: Queryable,
   instance: { workerId: string; instanceId: string; generation: number; tokenHash: string },
@@ -166,7 +170,9 @@ export async function upsertInstance(
     VALUES (${instance.workerId}, ${instance.instanceId}, ${instance.generation},
       ${instance.tokenHash})
     ON CONFLICT (worker_id, instance_id) DO UPDATE SET
-      generation = EXCLUDED.generation, session_token_hash = EXCLUDED.session_token_hash`;
+      generation = EXCLUDED.generation, session_token_hash = EXCLUDED.session_token_hash,
+      coordinator_id = NULL, applied_revision = 0`;
+  await refreshAppliedRevision(q, instance.workerId);
 }
 
 export async function setWorkerStatus(
@@ -232,6 +238,7 @@ export async function recordAck(
   key: InstanceKey,
   revision: number,
   at: Date,
+  clearsNack = true,
 ): Promise<boolean> {
   const rows = await q`
     UPDATE worker_instances SET applied_revision = ${revision}
@@ -239,8 +246,10 @@ export async function recordAck(
       AND generation = ${key.generation}
     RETURNING 1`;
   if (rows.length === 0) return false;
+  // An ack clears the last nack unless the session still retries the rejected route.
   await q`UPDATE workers SET last_ack_at = ${at}, last_nack = CASE
-      WHEN (last_nack->>'revision')::bigint <= ${revision} THEN NULL ELSE last_nack END
+      WHEN ${clearsNack} AND (last_nack->>'revision')::bigint <= ${revision} THEN NULL
+      ELSE last_nack END
     WHERE id = ${key.workerId}`;
   await refreshAppliedRevision(q, key.workerId);
   return true;
@@ -331,25 +340,30 @@ export async function silentWorkers(q: Queryable, cutoff: Date): Promise<string[
   return rows.map((row) => String(row.id));
 }
 
-/** A worker that may take routes, with how many it holds. */
+/** A live worker that may take routes, with its load. */
 export interface Candidate extends WorkerRecord {
   routeCount: number;
+  /** Ports of its range that no route uses; null in wildcard mode. */
+  freePorts: number | null;
 }
 
-/** Returns alive workers able to serve `protocol`, least loaded first. */
-export async function placementCandidates(
-  q: Queryable,
-  protocol: string,
-  excludeId?: string,
-): Promise<Candidate[]> {
-  const served = protocol === 'tcp' ? 'tcp' : 'http';
+/** Returns every alive worker with its load, least loaded first. */
+export async function placementCandidates(q: Queryable): Promise<Candidate[]> {
   const rows = await q`
-    SELECT w.*, (SELECT count(*) FROM routes r WHERE r.worker_id = w.id) AS route_count
+    SELECT w.*,
+      (SELECT count(*) FROM routes r WHERE r.worker_id = w.id) AS route_count,
+      CASE WHEN w.port_first IS NULL THEN NULL ELSE
+        (w.port_last - w.port_first + 1) - (SELECT count(*) FROM routes r
+          WHERE r.worker_id = w.id AND r.port BETWEEN w.port_first AND w.port_last)
+      END AS free_ports
     FROM workers w
-    WHERE w.status = 'alive' AND ${served} = ANY (w.protocols)
-      AND w.id <> ${excludeId ?? '00000000-0000-0000-0000-000000000000'}
+    WHERE w.status = 'alive'
     ORDER BY route_count, w.authority`;
-  return rows.map((row) => ({ ...rowToRecord(row), routeCount: Number(row.route_count) }));
+  return rows.map((row) => ({
+    ...rowToRecord(row),
+    routeCount: Number(row.route_count),
+    freePorts: row.free_ports === null ? null : Number(row.free_ports),
+  }));
 }
 
 export async function workerCounts(q: Queryable): Promise<{ alive: number; lost: number }> {

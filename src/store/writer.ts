@@ -1,10 +1,12 @@
-import type {
-  EventType,
-  PreviousPlacement,
-  Route,
-  WorkerEventSubject,
+import {
+  TableDigest,
+  type EventType,
+  type PreviousPlacement,
+  type Route,
+  type WorkerEventSubject,
 } from '../../proto/index.ts';
 import { AppError, ConflictError, DatabaseUnavailableError } from '../errors.ts';
+import type { WriterMetrics } from '../metrics.ts';
 import type { Sql, TransactionSql } from './database.ts';
 
 /** One row of the change log, exactly as stored. */
@@ -83,7 +85,10 @@ export class WriteTx {
     return row;
   }
 
-  /** Writes the change log, the revision counter and worker targets in one statement. */
+  /**
+   * Writes the change log, the revision counter, and each touched worker's
+   * target revision and table digest, in one statement.
+   */
   async finish(): Promise<void> {
     if (this.#reserved !== null) throw new Error(`Revision ${this.#reserved} was never recorded`);
     if (this.changes.length === 0) return;
@@ -95,23 +100,51 @@ export class WriteTx {
         SELECT * FROM jsonb_populate_recordset(NULL::changes, ${JSON.stringify(this.changes)}::text::jsonb)
       ),
       target AS (
-        UPDATE workers w SET target_revision = t.revision
-        FROM jsonb_to_recordset(${JSON.stringify(targets)}::text::jsonb) AS t (id uuid, revision bigint)
+        UPDATE workers w SET target_revision = t.revision,
+          digest_high = w.digest_high # t.high, digest_low = w.digest_low # t.low
+        FROM jsonb_to_recordset(${JSON.stringify(targets)}::text::jsonb)
+          AS t (id uuid, revision bigint, high bigint, low bigint)
         WHERE w.id = t.id
       )
       SELECT pg_notify('appproxy_changes', ${String(this.#revision)})`;
   }
 }
 
-/** Returns, per worker whose table these changes touch, the last such revision. */
-function changedTables(changes: ChangeRecord[]): Array<{ id: string; revision: number }> {
-  const latest = new Map<string, number>();
+/** A worker whose table changed: its last such revision and how its digest changes. */
+interface TableChange {
+  id: string;
+  revision: number;
+  /** The digest delta as two signed 64-bit halves in decimal, as the workers row stores it. */
+  high: string;
+  low: string;
+}
+
+/** Returns, per worker whose table these changes touch, the last such revision and digest delta. */
+function changedTables(changes: ChangeRecord[]): TableChange[] {
+  const tables = new Map<string, { revision: number; delta: TableDigest }>();
+  const touch = (workerId: string, revision: number) => {
+    const table = tables.get(workerId) ?? { revision, delta: new TableDigest() };
+    table.revision = revision;
+    tables.set(workerId, table);
+    return table.delta;
+  };
   for (const change of changes) {
-    if (!change.type.startsWith('route.')) continue;
-    if (change.worker_id) latest.set(change.worker_id, change.revision);
-    if (change.prev_worker_id) latest.set(change.prev_worker_id, change.revision);
+    if (!change.type.startsWith('route.') || change.route_id === null) continue;
+    if (change.prev_worker_id) {
+      touch(change.prev_worker_id, change.revision).toggle(change.route_id, Number(change.prev_revision));
+    }
+    if (change.worker_id && change.type !== 'route.deleted') {
+      touch(change.worker_id, change.revision).toggle(change.route_id, change.revision);
+    } else if (change.worker_id) {
+      touch(change.worker_id, change.revision);
+    }
   }
-  return [...latest].map(([id, revision]) => ({ id, revision }));
+  return [...tables].map(([id, { revision, delta }]) => ({ id, revision, ...digestHalves(delta) }));
+}
+
+function digestHalves(digest: TableDigest): { high: string; low: string } {
+  const bytes = Buffer.from(digest.toHex(), 'hex');
+  return { high: String(bytes.readBigInt64BE(0)), low: String(bytes.readBigInt64BE(8)) };
 }
 
 /**
@@ -137,6 +170,8 @@ export interface WriterOptions {
   timeoutMs: number;
   /** Called with the rows of each committed transaction, in revision order. */
   onCommit: (changes: ChangeRecord[]) => void;
+  /** Receives the size of each committed batch. */
+  metrics?: WriterMetrics;
 }
 
 /**
@@ -187,14 +222,23 @@ export class Writer {
   }
 
   async #runBatch(batch: QueuedJob[]): Promise<void> {
+    let committed: { outcomes: Outcome[]; changes: ChangeRecord[] };
     try {
-      const { outcomes, changes } = await this.#commit(batch);
-      if (changes.length > 0) this.#options.onCommit(changes);
-      batch.forEach((queued, i) => settle(queued, outcomes[i]));
+      committed = await this.#commit(batch);
     } catch (error) {
       if (batch.length === 1) return settle(batch[0], { ok: false, error: toAppError(error) });
       // One job broke the shared transaction: run each alone so the others still commit.
+      // NOTE: a connection lost during COMMIT leaves the outcome unknown, and the rerun
+      // may then apply a job twice (a delete answers 404 the second time).
       for (const queued of batch) await this.#runBatch([queued]);
+      return;
+    }
+    // Outside the try: the batch has committed, so nothing here may run it again.
+    try {
+      this.#options.metrics?.batchCommitted(batch.length);
+      if (committed.changes.length > 0) this.#options.onCommit(committed.changes);
+    } finally {
+      batch.forEach((queued, i) => settle(queued, committed.outcomes[i]));
     }
   }
 

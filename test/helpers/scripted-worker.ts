@@ -1,5 +1,5 @@
 import { WebSocket } from 'ws';
-import { tableDigest, type DiffMessage, type SnapshotMessage } from '../../proto/index.ts';
+import { TableDigest, type DiffMessage, type SnapshotMessage } from '../../proto/index.ts';
 
 /** A route as a scripted worker keeps it. */
 export interface HeldRoute {
@@ -8,6 +8,43 @@ export interface HeldRoute {
   backends: Array<{ host: string; port: number }>;
   port: number | null;
   subdomain: string | null;
+}
+
+/**
+ * A worker's route table that keeps its digest up to date on every change,
+ * so a large table does not cost a full digest per message.
+ */
+export class HeldTable extends Map<string, HeldRoute> {
+  #digest = new TableDigest();
+
+  override set(id: string, route: HeldRoute): this {
+    const old = super.get(id);
+    if (old) this.#digest.toggle(id, old.revision);
+    this.#digest.toggle(id, route.revision);
+    return super.set(id, route);
+  }
+
+  override delete(id: string): boolean {
+    const old = super.get(id);
+    if (old) this.#digest.toggle(id, old.revision);
+    return super.delete(id);
+  }
+
+  override clear(): void {
+    this.#digest = new TableDigest();
+    super.clear();
+  }
+
+  get digest(): string {
+    return this.#digest.toHex();
+  }
+}
+
+/** Copies routes into a HeldTable one by one: Map's constructor would call `set` too early. */
+function toHeldTable(routes: Iterable<[string, HeldRoute]>): HeldTable {
+  const table = new HeldTable();
+  for (const [id, route] of routes) table.set(id, route);
+  return table;
 }
 
 export interface ScriptedWorkerOptions {
@@ -38,11 +75,11 @@ export interface ScriptedWorkerOptions {
 export class ScriptedWorker {
   readonly options: ScriptedWorkerOptions;
   readonly messages: Array<Record<string, any>> = [];
-  table = new Map<string, HeldRoute>();
   revision = 0;
   epoch = '';
   registration: any;
   closeCode: number | null = null;
+  #table = new HeldTable();
   #socket: WebSocket | null = null;
   #snapshotParts: HeldRoute[] = [];
   #heartbeatTimer: NodeJS.Timeout | undefined;
@@ -56,8 +93,17 @@ export class ScriptedWorker {
     return this.registration.worker.id;
   }
 
+  get table(): HeldTable {
+    return this.#table;
+  }
+
+  /** Replaces the table; tests assign one to model a worker that lost or changed its state. */
+  set table(routes: Map<string, HeldRoute>) {
+    this.#table = toHeldTable(routes);
+  }
+
   get digest(): string {
-    return tableDigest(this.table.values());
+    return this.#table.digest;
   }
 
   async register(extra: Record<string, unknown> = {}): Promise<any> {
@@ -161,6 +207,14 @@ export class ScriptedWorker {
   freeze(): void {
     clearInterval(this.#heartbeatTimer);
     this.#socket?.pause();
+  }
+
+  /** Reads the socket again after `freeze`, and resumes heartbeats. */
+  thaw(): void {
+    this.#socket?.resume();
+    if (!this.options.heartbeats) return;
+    clearInterval(this.#heartbeatTimer);
+    this.#heartbeatTimer = setInterval(() => this.heartbeat(), this.registration.heartbeat_interval_ms);
   }
 
   #receive(message: Record<string, any>): void {

@@ -3,7 +3,7 @@ import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { pino } from 'pino';
-import type { RegisterWorkerResponse, Route } from '../../proto/index.ts';
+import type { RegisterWorkerResponse, Route, Worker } from '../../proto/index.ts';
 import type { Principal } from '../../src/coordinator/tokens.ts';
 import { ConflictError } from '../../src/errors.ts';
 import { createHttpApp, type HttpDeps } from '../../src/http/app.ts';
@@ -60,8 +60,11 @@ function fakeDeps(logLines: string[]) {
     findByPort: async (...args) => (record('findByPort', args), sampleRoute()),
     create: async (...args) => (record('create', args), { route: sampleRoute(), isCreated: true }),
     patch: async (...args) => (record('patch', args), sampleRoute()),
-    remove: async (...args) => void record('remove', args),
+    remove: async (...args) => (record('remove', args), null),
     removeSession: async (...args) => (record('removeSession', args), 2),
+    replaceSession: async (...args) => (
+      record('replaceSession', args), { created: 0, updated: 0, deleted: 0, routes: [] }
+    ),
   };
   const deps: HttpDeps = {
     routes,
@@ -73,6 +76,9 @@ function fakeDeps(logLines: string[]) {
         isNew: body.authority === 'new-worker',
       }),
       deregister: async (...args) => void record('deregister', args),
+      drain: async (...args) => (
+        record('drain', args), { worker: { id: WORKER_ID } as Worker, moved: 0, remaining: 0 }
+      ),
     },
     events: { list: async () => ({ events: [], revision: 0 }) },
     auth: { identify: async (token) => PRINCIPALS[token] ?? null },
