@@ -37,6 +37,11 @@ export function createProgram(): Command {
         .env('APPPROXY_DATA_DIR')
         .default(DEFAULT_DATA_DIR),
     )
+    .addOption(
+      // bin/appproxy hands the file to Node as NODE_EXTRA_CA_CERTS, read only at start-up.
+      new Option('--ca-file <file>', 'PEM file of the CA that signed the coordinator certificate')
+        .env('APPPROXY_CA_FILE'),
+    )
     .showHelpAfterError('(run "appproxy --help" for usage)');
 
   addTailCommand(program);

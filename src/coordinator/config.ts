@@ -25,6 +25,8 @@ export interface CoordinatorConfig {
   sessionSendTimeoutMs: number;
   /** Sessions whose hello or snapshot is worked on at once; the rest wait in line. */
   sessionAdmissionConcurrency: number;
+  /** PEM files to serve HTTPS and WSS with; both set or both unset. */
+  tls?: { certFile: string; keyFile: string };
 }
 
 /** The action the command line requests, with the settings it needs. */
@@ -94,6 +96,22 @@ const SETTINGS: Setting[] = [
     description: 'embedded database and generated tokens',
     defaultValue: './data',
     parse: parsePath,
+  },
+  {
+    key: 'tls_cert',
+    env: 'APPPROXY_TLS_CERT',
+    flag: '--tls-cert',
+    argument: '<file>',
+    description: 'PEM certificate chain; with --tls-key, serve HTTPS and WSS',
+    parse: parseOptionalPath,
+  },
+  {
+    key: 'tls_key',
+    env: 'APPPROXY_TLS_KEY',
+    flag: '--tls-key',
+    argument: '<file>',
+    description: 'PEM private key of --tls-cert',
+    parse: parseOptionalPath,
   },
   {
     key: 'log_level',
@@ -212,6 +230,11 @@ export function parseArguments(argv: string[], env: NodeJS.ProcessEnv): ParsedAr
   const file = configFile === undefined ? {} : readConfigFile(configFile);
   const values = resolveSettings({ flags, env, file, configFile });
   const config = toConfig(values);
+  const [certFile, keyFile] = [values.get('tls_cert'), values.get('tls_key')] as Array<string | undefined>;
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    throw new ConfigError('tls_cert and tls_key must be set together: give both files, or neither.');
+  }
+  if (certFile !== undefined && keyFile !== undefined) config.tls = { certFile, keyFile };
   return { kind: flags.printConfig ? 'print-config' : 'run', config };
 }
 
@@ -377,6 +400,8 @@ export function describeConfig(config: CoordinatorConfig): Record<string, unknow
     manager_token: redactTokens(config.tokens.manager),
     worker_token: redactTokens(config.tokens.worker),
     read_token: redactTokens(config.tokens.read),
+    tls_cert: config.tls?.certFile ?? null,
+    tls_key: config.tls?.keyFile ?? null,
   };
 }
 
@@ -419,6 +444,12 @@ function parseHost(raw: unknown): string {
 
 function parsePath(raw: unknown): string {
   if (typeof raw !== 'string' || raw === '') throw new Error('must be a directory path');
+  return raw;
+}
+
+function parseOptionalPath(raw: unknown): string | undefined {
+  if (raw === undefined || raw === '') return undefined;
+  if (typeof raw !== 'string') throw new Error('must be a file path');
   return raw;
 }
 

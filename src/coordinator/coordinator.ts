@@ -1,5 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -144,7 +146,7 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
       waitForWorkerApplied(workers, workerId, revision, timeoutMs),
   });
 
-  const server = createServer(app.callback());
+  const server = createListener(config, app.callback());
   const requests = new RequestTracker(server);
   server.on('upgrade', (request, socket, head) => {
     void routeUpgrade(request, socket, head, { hub, stream }).catch((error) => {
@@ -176,7 +178,7 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
   log.info({ host: config.host, port, epoch, coordinator_id: coordinatorId }, 'coordinator listening');
 
   return {
-    url: `http://${host}:${port}`,
+    url: `${config.tls ? 'https' : 'http'}://${host}:${port}`,
     port,
     close: async () => {
       log.info('coordinator stopping');
@@ -199,6 +201,14 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
       log.info('coordinator stopped');
     },
   };
+}
+
+/** Creates the HTTP server, or an HTTPS one when TLS files are configured. */
+function createListener(config: CoordinatorConfig, handler: Parameters<typeof createServer>[1]): Server {
+  if (!config.tls) return createServer(handler);
+  const options = { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) };
+  // An HTTPS server has every method of an HTTP server that the coordinator uses.
+  return createTlsServer(options, handler) as unknown as Server;
 }
 
 async function publishTokens(auth: Authenticator, config: CoordinatorConfig, log: Logger) {

@@ -50,6 +50,10 @@ export function buildProgram(): Command {
     )
     .addOption(option('--data-dir <dir>', 'directory with tokens.json').default('./data'))
     .addOption(
+      // bin/appproxy-worker hands the file to Node as NODE_EXTRA_CA_CERTS, read only at start-up.
+      option('--ca-file <file>', 'PEM file of the CA that signed the coordinator certificate'),
+    )
+    .addOption(
       option('--authority <name>', 'worker name, shared by the instances of one worker')
         .makeOptionMandatory()
         .argParser(parseAuthority),
