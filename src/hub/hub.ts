@@ -44,6 +44,12 @@ export interface HubOptions {
 /** Most nack log lines per worker per minute; the rest are counted. */
 const NACK_LOGS_PER_MINUTE = 3;
 
+/**
+ * Open sessions one worker may hold on one coordinator: one per instance of a
+ * high-availability set, with room for reconnects that overlap a close.
+ */
+const MAX_SESSIONS_PER_WORKER = 64;
+
 /** A write of an instance's sync state, in the order its messages arrived. */
 type StatusWrite =
   | { kind: 'ack'; revision: number; clearsNack: boolean }
@@ -119,6 +125,10 @@ export class Hub implements SessionHost {
     if (identity === 'unavailable') return rejectUpgrade(socket, 503, 'Service Unavailable');
     if (identity === null) return rejectUpgrade(socket, 401, 'Unauthorized');
     if (identity.workerStatus === 'deregistered') return rejectUpgrade(socket, 401, 'Unauthorized');
+    if ((this.#sessions.get(identity.workerId)?.size ?? 0) >= MAX_SESSIONS_PER_WORKER) {
+      this.#log.warn({ worker_id: identity.workerId }, 'too many sessions for one worker; rejected');
+      return rejectUpgrade(socket, 429, 'Too Many Requests');
+    }
     this.#server.handleUpgrade(request, socket, head, (ws) => this.#accept(ws, identity));
   }
 
