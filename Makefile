@@ -29,6 +29,7 @@ demo: install
 bench: install
 	node --import tsx bench/route-latency.ts
 	node --import tsx bench/compare.ts
+	node --import tsx bench/failover.ts
 
 # Only the side-by-side comparison with configurable-http-proxy.
 bench-compare: install

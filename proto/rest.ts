@@ -132,7 +132,8 @@ export const SessionRoutesBodySchema = v.pipe(
     v.check(
       (body) => duplicateService(body.routes) === undefined,
       (issue) => {
-        const service = duplicateService((issue.input as { routes: Array<{ service: string }> }).routes);
+        const { routes } = issue.input as { routes: Array<{ service: string }> };
+        const service = duplicateService(routes);
         return `service ${service} appears more than once; a session has one route per service`;
       },
     ),
@@ -301,7 +302,7 @@ export interface RegisterWorkerResponse {
   routes_complete: boolean;
 }
 
-/** The answer of PUT /sessions/:session_id/routes: counts of changes and the resulting routes. */
+/** Response of PUT /sessions/:session_id/routes: counts of changes and the resulting routes. */
 export interface SessionRoutesResponse {
   created: number;
   updated: number;
@@ -309,7 +310,7 @@ export interface SessionRoutesResponse {
   routes: Route[];
 }
 
-/** The answer of POST /workers/:id/drain. */
+/** Response of POST /workers/:id/drain. */
 export interface DrainWorkerResponse {
   worker: Worker;
   /** Routes moved to other workers by this call. */

@@ -105,8 +105,17 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
   const coordinatorId = randomUUID();
   const presence = new PresenceService(db.sql, writer, coordinatorId);
   await presence.touch();
+  let isTouching = false;
   const presenceTimer = setInterval(() => {
-    presence.touch().catch((error) => log.debug({ err: error }, 'recording presence failed'));
+    // A touch still waiting on a slow database is enough; more would only queue behind it.
+    if (isTouching) return;
+    isTouching = true;
+    presence
+      .touch()
+      .catch((error) => log.debug({ err: error }, 'recording presence failed'))
+      .finally(() => {
+        isTouching = false;
+      });
   }, PRESENCE_INTERVAL_MS);
   const hub = new Hub({
     sql: db.sql,
@@ -171,6 +180,7 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
     presence,
     presenceTimeoutMs: PRESENCE_TIMEOUT_MS,
     metrics,
+    heartbeatsWrittenAt: () => hub.heartbeatsWrittenAt,
   });
   sweeper.start();
   const stopWatchingDatabase = watchDatabaseConnections(db.sql, log);

@@ -27,6 +27,11 @@ export interface SweeperOptions {
   presenceTimeoutMs?: number;
   /** Counts lost workers and moved routes. */
   metrics?: SweepMetrics;
+  /**
+   * Returns the time (ms since the epoch) before which every heartbeat this
+   * coordinator received is in the database; without it, stored times are trusted.
+   */
+  heartbeatsWrittenAt?: () => number;
 }
 
 /**
@@ -44,6 +49,7 @@ export class Sweeper {
   /** Liveness counts only from here: after start, or after the database came back. */
   #watchingSince = Date.now();
   #isDatabaseDown = false;
+  #areHeartbeatsBehind = false;
   #lastCompactionAt = 0;
 
   constructor(options: SweeperOptions) {
@@ -88,6 +94,7 @@ export class Sweeper {
   }
 
   async #sweep(): Promise<void> {
+    this.#checkHeartbeatWrites();
     await this.#detectLost();
     await this.#releaseOrphanedSessions();
     const moved = await this.#options.workers.failOver();
@@ -106,16 +113,50 @@ export class Sweeper {
   }
 
   async #expireIdleRoutes(): Promise<void> {
+    // Route activity is written in batches too; after a stall it gets the same grace.
+    if (!this.#isWatching()) return;
     const expired = (await this.#options.routes?.expireIdle()) ?? [];
     if (expired.length > 0) this.#log.info({ routes: expired.length }, 'deleted idle routes');
   }
 
+  #deadlineMs(): number {
+    return this.#options.heartbeatIntervalMs * this.#options.heartbeatMisses;
+  }
+
+  /** Returns whether stored heartbeat times cover a whole deadline, so silence means lost. */
+  #isWatching(): boolean {
+    return Date.now() - this.#watchingSince >= this.#deadlineMs();
+  }
+
+  /**
+   * Restarts the watch while heartbeat writes lag behind the clock: a stalled
+   * database leaves stored heartbeat times old although workers kept sending.
+   * A lag up to one interval is safe with two or more misses per deadline.
+   */
+  #checkHeartbeatWrites(): void {
+    const writtenAt = this.#options.heartbeatsWrittenAt?.() ?? Date.now();
+    const lagMs = Date.now() - writtenAt;
+    if (lagMs <= this.#options.heartbeatIntervalMs) {
+      if (this.#areHeartbeatsBehind) this.#log.info('heartbeat writes caught up; lost-worker checks resume after one deadline');
+      this.#areHeartbeatsBehind = false;
+      return;
+    }
+    if (!this.#areHeartbeatsBehind) {
+      this.#log.warn({ lag_ms: lagMs }, 'heartbeat writes are behind; no worker is declared lost meanwhile');
+    }
+    this.#areHeartbeatsBehind = true;
+    this.#watchingSince = Date.now();
+  }
+
   async #detectLost(): Promise<void> {
-    const deadlineMs = this.#options.heartbeatIntervalMs * this.#options.heartbeatMisses;
+    const deadlineMs = this.#deadlineMs();
     // Heartbeats could not be recorded before this point, so no worker is judged on that gap.
-    if (Date.now() - this.#watchingSince < deadlineMs) return;
+    if (!this.#isWatching()) return;
     const cutoff = new Date(Date.now() - deadlineMs);
     if ((await this.#options.workers.silentWorkers(cutoff)).length === 0) return;
+    // That read may have waited out a stall, so look at the heartbeat writes again.
+    this.#checkHeartbeatWrites();
+    if (!this.#isWatching()) return;
     const lost = await this.#options.workers.markLost(cutoff);
     this.#options.metrics?.workersLost(lost.length);
     for (const worker of lost) {

@@ -182,7 +182,12 @@ async function replaceSessionRoutes(ctx: Ctx, routes: Routes): Promise<void> {
   const body = parseBody(ctx, SessionRoutesBodySchema);
   const result = await routes.replaceSession(sessionId, body.routes);
   ctx.state.log.info(
-    { session_id: sessionId, created: result.created, updated: result.updated, deleted: result.deleted },
+    {
+      session_id: sessionId,
+      created: result.created,
+      updated: result.updated,
+      deleted: result.deleted,
+    },
     'session routes replaced',
   );
   ctx.body = result;

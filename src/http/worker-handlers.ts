@@ -9,7 +9,10 @@ import { NO_QUERY, parseBody, parseQuery, parseUuidParam } from './input.ts';
 type Workers = HttpDeps['workers'];
 type Ctx = HttpContext & { params: Record<string, string> };
 
-/** Adds `/workers/register`, `/workers` and `/workers/:id/drain`. `/workers/stream` is served by the WebSocket hub. */
+/**
+ * Adds `/workers/register`, `/workers` and `/workers/:id/drain`. The WebSocket
+ * hub serves `/workers/stream`.
+ */
 export function mountWorkerHandlers(router: Router<HttpState>, deps: HttpDeps): void {
   const { workers, auth } = deps;
   const readers = requireToken(auth, ['manager', 'read']);

@@ -67,6 +67,10 @@ export class Hub implements SessionHost {
   readonly #server = new WebSocketServer({ noServer: true, maxPayload: MAX_MESSAGE_BYTES });
   readonly #sessions = new Map<string, Set<WorkerSession>>();
   #beats = new Map<string, InstanceKey & { at: Date }>();
+  /** The heartbeat write in progress; ticks that find one running skip rather than pile up. */
+  #beatsFlush: Promise<void> | null = null;
+  /** Heartbeats received before this time (ms since the epoch) are in the database. */
+  #beatsWrittenAt = Date.now();
   #pongs = new WeakMap<WebSocket, number>();
   /** Acks and nacks waiting to be written, per instance; one instance writes one at a time. */
   readonly #statusWrites = new Map<string, StatusWrite[]>();
@@ -84,6 +88,16 @@ export class Hub implements SessionHost {
 
   get feedRevision(): number {
     return this.#options.feed.revision;
+  }
+
+  /**
+   * The time (ms since the epoch) before which every heartbeat this hub received
+   * is in the database. Lost-worker checks trust the stored heartbeat times only
+   * while this keeps up with the clock.
+   */
+  get heartbeatsWrittenAt(): number {
+    const isIdle = this.#beats.size === 0 && this.#beatsFlush === null;
+    return isIdle ? Date.now() : this.#beatsWrittenAt;
   }
 
   get sessionCount(): number {
@@ -113,6 +127,8 @@ export class Hub implements SessionHost {
     for (const set of this.#sessions.values()) {
       for (const session of set) session.close(code, 'coordinator shutting down');
     }
+    // The first call may only wait for a write already running; the second writes the rest.
+    await this.#flushHeartbeats();
     await this.#flushHeartbeats();
   }
 
@@ -296,12 +312,24 @@ export class Hub implements SessionHost {
     if (routes && routes.length > 0) this.#options.workers.recordActivity(session.key.workerId, routes);
   }
 
-  async #flushHeartbeats(): Promise<void> {
-    if (this.#beats.size === 0) return;
+  #flushHeartbeats(): Promise<void> {
+    this.#beatsFlush ??= this.#writeHeartbeats().finally(() => {
+      this.#beatsFlush = null;
+    });
+    return this.#beatsFlush;
+  }
+
+  async #writeHeartbeats(): Promise<void> {
+    const startedAt = Date.now();
+    if (this.#beats.size === 0) {
+      this.#beatsWrittenAt = startedAt;
+      return;
+    }
     const beats = this.#beats;
     this.#beats = new Map();
     try {
       await this.#options.workers.writeHeartbeats([...beats.values()]);
+      this.#beatsWrittenAt = startedAt;
     } catch (error) {
       // Keep them for the next flush, unless a newer beat of the same instance arrived.
       for (const [id, beat] of beats) if (!this.#beats.has(id)) this.#beats.set(id, beat);

@@ -12,7 +12,7 @@ const SUFFIX_BYTES = 3;
 /** Generated names tried on one worker before it counts as having no name left. */
 const GENERATED_NAME_ATTEMPTS = 5;
 
-/** What a route asks of the worker that takes it. */
+/** Constraints a route puts on the worker that takes it. */
 export interface PlacementRequest {
   protocol: RouteProtocol;
   service: string;
@@ -40,7 +40,7 @@ export interface Placement {
   url: string;
 }
 
-/** Why a live worker cannot take a route. */
+/** Reason a live worker cannot take a route. */
 export type Mismatch =
   | 'not_pinned'
   | 'excluded'
@@ -52,11 +52,11 @@ export type Mismatch =
 
 /** Returns whether a worker serves a route protocol: tcp on tcp workers, the rest on http. */
 export function servesProtocol(worker: WorkerRecord, protocol: RouteProtocol): boolean {
-  if (protocol === 'tcp') return worker.frontend_mode === 'port' && worker.protocols.includes('tcp');
-  return worker.protocols.includes('http');
+  if (protocol !== 'tcp') return worker.protocols.includes('http');
+  return worker.frontend_mode === 'port' && worker.protocols.includes('tcp');
 }
 
-/** Returns whether a worker has room for one more route: capacity and, in port mode, a free port. */
+/** Returns whether a worker has room for one more route: capacity, and a free port in port mode. */
 export function hasRoom(worker: Candidate): boolean {
   if (worker.capacity !== null && worker.routeCount >= worker.capacity) return false;
   return worker.freePorts === null || worker.freePorts > 0;
@@ -98,7 +98,8 @@ export function findMismatch(worker: Candidate, request: PlacementRequest): Mism
 /** Orders workers least loaded first, then by authority, so placement is deterministic. */
 export function byLoad(a: Candidate, b: Candidate): number {
   if (a.routeCount !== b.routeCount) return a.routeCount - b.routeCount;
-  return a.authority < b.authority ? -1 : a.authority > b.authority ? 1 : 0;
+  if (a.authority === b.authority) return 0;
+  return a.authority < b.authority ? -1 : 1;
 }
 
 /** Returns the workers that can take the route, least loaded first. */
@@ -139,7 +140,8 @@ export function explainNoWorker(workers: Candidate[], request: PlacementRequest)
   const pinned = workers.find((worker) => worker.id === request.workerId);
   if (pinned) {
     const mismatch = findMismatch(pinned, request) ?? 'full';
-    return `Worker ${pinned.authority} cannot take this route: it is ${describeMismatch(mismatch, request)}.`;
+    const reason = describeMismatch(mismatch, request);
+    return `Worker ${pinned.authority} cannot take this route: it is ${reason}.`;
   }
   const counts = new Map<string, number>();
   for (const worker of workers) {
@@ -165,8 +167,8 @@ export function toDnsLabel(text: string, maxLength = MAX_LABEL_LENGTH): string {
     .toLowerCase()
     .replace(/[^a-z0-9\p{L}\p{N}\p{M}]+/gu, '-')
     .replace(/^-+|-+$/g, '');
-  // Hint: an ASCII label is cut to length; a punycode one is cut before encoding, because
-  // cutting the encoded form would leave an invalid punycode label.
+  // Hint: an ASCII label is cut to length. A punycode label is cut before encoding, because
+  // cutting the encoded form would leave invalid punycode.
   const label = /^[\x00-\x7f]*$/.test(cleaned)
     ? cutLabel(cleaned, maxLength)
     : encodeUnicodeLabel(cleaned, maxLength);
@@ -273,6 +275,11 @@ interface PlannedAddresses extends WorkerAddresses {
   portCursor: number;
 }
 
+/** The addresses a planner has read and handed out, by worker id. */
+export interface PlannedAddressBook {
+  readonly addresses: Map<string, PlannedAddresses>;
+}
+
 /**
  * Places many routes against one read of the live workers: loads each
  * worker's addresses in use once, then assigns in memory, keeping load
@@ -282,14 +289,25 @@ interface PlannedAddresses extends WorkerAddresses {
 export class PlacementPlanner {
   readonly #workers: Candidate[];
   readonly #loadAddresses: LoadAddresses;
-  readonly #addresses = new Map<string, PlannedAddresses>();
+  readonly #addresses: Map<string, PlannedAddresses>;
   /** Routes placed by this planner; their addresses were not stored before. */
   readonly #plannedRouteIds = new Set<string>();
 
-  /** `workers` are copied: the planner changes its own load counts. */
-  constructor(workers: Candidate[], loadAddresses: LoadAddresses) {
+  /**
+   * Copies `workers`, because the planner changes its own load counts.
+   * `known` holds addresses of an earlier plan that still match what is
+   * stored. The planner goes on from them and reads those workers' addresses
+   * no second time.
+   */
+  constructor(workers: Candidate[], loadAddresses: LoadAddresses, known?: PlannedAddressBook) {
     this.#workers = workers.map((worker) => ({ ...worker }));
     this.#loadAddresses = loadAddresses;
+    this.#addresses = known?.addresses ?? new Map();
+  }
+
+  /** The addresses as this plan leaves them, for a later plan on the same stored state. */
+  get addressBook(): PlannedAddressBook {
+    return { addresses: this.#addresses };
   }
 
   /** Loads the addresses of the given workers now, in one read, for the routes to come. */
@@ -350,7 +368,8 @@ export class PlacementPlanner {
     let holder: string | undefined;
     for (const worker of candidates) {
       const addresses = await this.#addressesOf(worker.id);
-      holder = port !== undefined ? addresses.ports.get(port) : addresses.subdomains.get(subdomain!);
+      holder =
+        port !== undefined ? addresses.ports.get(port) : addresses.subdomains.get(subdomain!);
       if (holder === undefined) {
         const address = { port: port ?? null, subdomain: port === undefined ? subdomain! : null };
         return placementAt(worker, request.protocol, address);

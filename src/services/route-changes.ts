@@ -75,7 +75,7 @@ export function placementRequest(
   };
 }
 
-/** An empty selector selects every worker, the same as none. */
+/** Returns the selector, or undefined for an empty one: both select every worker. */
 export function selectorOf(selector: Record<string, string> | undefined) {
   return selector && Object.keys(selector).length > 0 ? selector : undefined;
 }
@@ -180,13 +180,18 @@ function canonical(values: string[]): string {
 }
 
 function sortKeys(labels: Record<string, string>): Array<[string, string]> {
-  return Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return Object.entries(labels).sort(([a], [b]) => compareText(a, b));
+}
+
+function compareText(a: string, b: string): number {
+  if (a === b) return 0;
+  return a < b ? -1 : 1;
 }
 
 /**
  * Builds the error for a route no live worker can take. A `worker_id` naming
  * no worker is a 400; one naming a worker that is not alive, or one that does
- * not fit, is a 503 that says why.
+ * not fit, is a 503 that explains why.
  */
 export async function noWorkerError(
   q: Queryable,

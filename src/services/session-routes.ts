@@ -29,7 +29,7 @@ import {
 // list in one write job. Everything that can fail is decided before the
 // first write, because a job may only fail before it writes.
 
-/** What one session change does, decided before anything is written. */
+/** Planned writes of one session change, decided before anything is written. */
 interface SessionPlan {
   deletes: Route[];
   updates: Array<{ before: Route; after: Route }>;
@@ -164,7 +164,7 @@ async function placeOne(
   throw await noWorkerError(q, workers, request);
 }
 
-/** Writes a plan: deletes first, so creates may reuse what they free, then updates, then creates. */
+/** Writes a plan: deletes first, so creates may reuse what they free, then updates and creates. */
 async function applySessionPlan(tx: WriteTx, sessionId: string, plan: SessionPlan): Promise<void> {
   for (const route of plan.deletes) {
     const deleted = await store.deleteRoute(tx.sql, route.id);

@@ -311,7 +311,8 @@ export async function addressesInUse(
   if (workerIds.length === 0) return result;
   const rows = await q`
     SELECT id, worker_id, port, subdomain FROM routes
-    WHERE worker_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(workerIds)}::text::jsonb)::uuid)`;
+    WHERE worker_id IN (
+      SELECT jsonb_array_elements_text(${JSON.stringify(workerIds)}::text::jsonb)::uuid)`;
   for (const row of rows) {
     const addresses = result.get(String(row.worker_id)) as WorkerAddresses;
     if (row.port !== null) addresses.ports.set(Number(row.port), String(row.id));
@@ -352,13 +353,14 @@ export interface RouteActivity {
 }
 
 /**
- * Raises the last activity time of routes, only where the reporting worker
- * still holds the route. A time ahead of the database clock counts as now,
+ * Raises the last activity time of routes, only where the route is still on
+ * the reporting worker. A time ahead of the database clock counts as now,
  * so a worker with a fast clock cannot keep a route from expiring.
  */
 export async function recordRouteActivity(q: Queryable, items: RouteActivity[]): Promise<void> {
   if (items.length === 0) return;
-  const json = JSON.stringify(items.map((item) => ({ id: item.routeId, w: item.workerId, at: item.at })));
+  const rows = items.map((item) => ({ id: item.routeId, w: item.workerId, at: item.at }));
+  const json = JSON.stringify(rows);
   await q`
     UPDATE routes r SET last_activity_at = GREATEST(r.last_activity_at, LEAST(a.at, now()))
     FROM jsonb_to_recordset(${json}::text::jsonb) AS a (id uuid, w uuid, at timestamptz)
@@ -387,7 +389,7 @@ export async function deleteIdleRoutes(q: Queryable, now: Date, limit: number): 
   return rows.map(rowToRoute).sort((a, b) => a.id.localeCompare(b.id));
 }
 
-/** What a stranded route needs from a worker: its protocol, its mode and its selector. */
+/** Needs of a stranded route from a worker: its protocol, its mode and its selector. */
 export interface StrandedNeed {
   protocol: Route['protocol'];
   frontendMode: 'port' | 'wildcard';

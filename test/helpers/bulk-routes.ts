@@ -62,13 +62,26 @@ export function typicalRoute(worker: BulkWorker, index: number, revision: number
  * database at `databaseUrl`, and returns them.
  */
 export async function insertRoutes(databaseUrl: string, worker: BulkWorker, count: number): Promise<Route[]> {
+  return insertRoutesSpread(databaseUrl, [worker], count);
+}
+
+/**
+ * Creates `perWorker` routes on each of `workers` in transactions of 5,000,
+ * on the database at `databaseUrl`, and returns them.
+ */
+export async function insertRoutesSpread(
+  databaseUrl: string,
+  workers: BulkWorker[],
+  perWorker: number,
+): Promise<Route[]> {
+  const slots = workers.flatMap((worker) => Array.from({ length: perWorker }, (_, index) => ({ worker, index })));
   const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} }) as unknown as Sql;
   const writer = new Writer(sql, { maxBatch: 1, timeoutMs: 120_000, onCommit: () => {} });
   const routes: Route[] = [];
   try {
-    for (let start = 0; start < count; start += ROUTES_PER_TRANSACTION) {
-      const size = Math.min(ROUTES_PER_TRANSACTION, count - start);
-      routes.push(...(await writer.run((tx) => insertBatch(tx, worker, start, size))));
+    for (let start = 0; start < slots.length; start += ROUTES_PER_TRANSACTION) {
+      const batch = slots.slice(start, start + ROUTES_PER_TRANSACTION);
+      routes.push(...(await writer.run((tx) => insertBatch(tx, batch))));
     }
   } finally {
     await sql.end({ timeout: 5 });
@@ -76,12 +89,9 @@ export async function insertRoutes(databaseUrl: string, worker: BulkWorker, coun
   return routes;
 }
 
-async function insertBatch(tx: WriteTx, worker: BulkWorker, start: number, size: number): Promise<Route[]> {
+async function insertBatch(tx: WriteTx, slots: Array<{ worker: BulkWorker; index: number }>): Promise<Route[]> {
   const now = tx.now.toISOString();
-  const routes: Route[] = [];
-  for (let i = 0; i < size; i++) {
-    routes.push(typicalRoute(worker, start + i, tx.revision + i + 1, now));
-  }
+  const routes = slots.map(({ worker, index }, i) => typicalRoute(worker, index, tx.revision + i + 1, now));
   const rows = routes.map(({ status: _status, ...row }) => row);
   await tx.sql`
     INSERT INTO routes

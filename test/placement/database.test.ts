@@ -68,7 +68,10 @@ describe('placement on the database', { skip }, () => {
   });
 
   test('full worker by capacity is skipped', async () => {
-    const small = await registerWorker(coordinator, 'small', { capacity: 1, port_range: [20000, 20009] });
+    const small = await registerWorker(coordinator, 'small', {
+      capacity: 1,
+      port_range: [20000, 20009],
+    });
     const first = await create(routeBody('cap-1', 'web'));
     assert.equal(first.body.worker_id, small.id);
     const refused = await create(routeBody('cap-2', 'web'));
@@ -127,7 +130,8 @@ describe('placement on the database', { skip }, () => {
       port_range: [21000, 21009],
     });
     for (let i = 0; i < 3; i++) {
-      const created = await create(routeBody(`sel-${i}`, 'model', { worker_selector: { gpu: 'a100' } }));
+      const body = routeBody(`sel-${i}`, 'model', { worker_selector: { gpu: 'a100' } });
+      const created = await create(body);
       assert.equal(created.status, 201);
       assert.equal(created.body.worker_id, gpu.id);
       assert.deepEqual(created.body.worker_selector, { gpu: 'a100' });

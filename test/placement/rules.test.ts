@@ -205,7 +205,7 @@ describe('subdomain normalisation', () => {
   });
 });
 
-/** A planner over fixed workers whose stored addresses are `stored`. */
+/** Builds a planner over fixed workers whose stored addresses are `stored`. */
 function plannerFor(workers: Candidate[], stored: Record<string, Array<[number, string]>> = {}) {
   let loads = 0;
   const planner = new PlacementPlanner(workers, async (ids) => {

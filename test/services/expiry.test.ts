@@ -2,7 +2,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
 import { postgresSkipReason } from '../helpers/database.ts';
-import { connectedWorker, currentRevision, eventsOfType, eventually, routeBody } from './helpers.ts';
+import {
+  connectedWorker,
+  currentRevision,
+  eventsOfType,
+  eventually,
+  routeBody,
+} from './helpers.ts';
 
 const skip = await postgresSkipReason();
 const HEARTBEAT_MS = 300;
@@ -14,13 +20,18 @@ describe('idle expiry', { skip }, () => {
   let coordinator: TestCoordinator;
 
   before(async () => {
-    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS) });
+    coordinator = await startTestCoordinator({
+      APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS),
+    });
   });
   after(() => coordinator?.stop());
 
   test('idle routes are deleted, active ones stay', async () => {
     const start = await currentRevision(coordinator);
-    const worker = await connectedWorker(coordinator, { authority: 'idle', portRange: [20000, 20009] });
+    const worker = await connectedWorker(coordinator, {
+      authority: 'idle',
+      portRange: [20000, 20009],
+    });
     const create = async (sessionId: string, extra: Record<string, unknown>) =>
       (await coordinator.api('POST', '/routes', routeBody(sessionId, 'web', extra))).body;
     const active = await create('busy', { idle_timeout_s: IDLE_TIMEOUT_S });
@@ -46,7 +57,7 @@ describe('idle expiry', { skip }, () => {
       assert.equal(expired.reason, 'idle');
       assert.equal((await coordinator.api('GET', `/routes/${active.id}`)).status, 200);
       assert.equal((await coordinator.api('GET', `/routes/${forever.id}`)).status, 200);
-      await worker.waitFor(() => !worker.table.has(idle.id), 3000, 'idle route removed from worker');
+      await worker.waitFor(() => !worker.table.has(idle.id), 3000, 'idle route off the worker');
 
       reportsActivity = false;
       await eventually('busy route deleted once quiet', EXPIRY_DEADLINE_MS, async () => {
@@ -69,10 +80,15 @@ describe('idle expiry', { skip }, () => {
   });
 
   test('a change restarts the idle clock', async () => {
-    const worker = await connectedWorker(coordinator, { authority: 'idle-patch', portRange: [21000, 21009] });
-    const route = (
-      await coordinator.api('POST', '/routes', routeBody('patched', 'web', { idle_timeout_s: IDLE_TIMEOUT_S, worker_id: worker.id }))
-    ).body;
+    const worker = await connectedWorker(coordinator, {
+      authority: 'idle-patch',
+      portRange: [21000, 21009],
+    });
+    const body = routeBody('patched', 'web', {
+      idle_timeout_s: IDLE_TIMEOUT_S,
+      worker_id: worker.id,
+    });
+    const route = (await coordinator.api('POST', '/routes', body)).body;
     await new Promise((resolve) => setTimeout(resolve, (IDLE_TIMEOUT_S - 1) * 1000));
     await coordinator.api('PATCH', `/routes/${route.id}`, { labels: { touched: 'yes' } });
     await new Promise((resolve) => setTimeout(resolve, 2000));

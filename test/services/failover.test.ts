@@ -49,7 +49,11 @@ describe('failover', { skip }, () => {
     return worker;
   }
 
-  async function createOn(worker: ScriptedWorker, sessionId: string, extra: Record<string, unknown> = {}) {
+  async function createOn(
+    worker: ScriptedWorker,
+    sessionId: string,
+    extra: Record<string, unknown> = {},
+  ) {
     const response = await coordinator.api(
       'POST',
       '/routes',
@@ -65,8 +69,13 @@ describe('failover', { skip }, () => {
 
   test('lost worker routes move to a live worker', async () => {
     const lost = await startWorker({ authority: 'fo-a', portRange: [20000, 20009] });
-    const target = await startWorker({ authority: 'fo-b', portRange: [21000, 21009], autoAck: false });
-    const routes = [await createOn(lost, 'fo-1'), await createOn(lost, 'fo-2'), await createOn(lost, 'fo-3')];
+    const target = await startWorker({
+      authority: 'fo-b',
+      portRange: [21000, 21009],
+      autoAck: false,
+    });
+    const routes: any[] = [];
+    for (const session of ['fo-1', 'fo-2', 'fo-3']) routes.push(await createOn(lost, session));
     await lost.waitFor(() => lost.table.size === 3, 3000, 'three routes on fo-a');
 
     lost.kill();
@@ -76,7 +85,8 @@ describe('failover', { skip }, () => {
         return current.body.worker_id === target.id ? current.body : undefined;
       });
       assert.equal(moved.status, 'pending');
-      assert.ok(moved.port >= 21000 && moved.port <= 21009, `port ${moved.port}`);
+      assert.ok(moved.port >= 21000, `port ${moved.port}`);
+      assert.ok(moved.port <= 21009, `port ${moved.port}`);
       assert.equal(moved.url, `http://proxy-a.example.test:${moved.port}`);
       assert.ok(moved.revision > route.revision);
     }
@@ -92,6 +102,34 @@ describe('failover', { skip }, () => {
     await target.waitFor(() => target.table.size === 3, 3000, 'three routes on fo-b');
     target.ack();
     for (const route of routes) await routeWithStatus(coordinator, route.id, 'active');
+  });
+
+  test('moves go least loaded first within capacity', async () => {
+    const lost = await startWorker({ authority: 'fo-src', portRange: [20000, 20009] });
+    const small = await startWorker(
+      { authority: 'fo-cap-a', portRange: [21000, 21009] },
+      { capacity: 2 },
+    );
+    const large = await startWorker({ authority: 'fo-cap-b', portRange: [22000, 22009] });
+    const existing = await createOn(large, 'cap-existing');
+    const routes = [];
+    for (let i = 0; i < 6; i++) routes.push(await createOn(lost, `cap-${i}`));
+
+    lost.kill();
+    await eventually('every route moved', FAILOVER_DEADLINE_MS, async () => {
+      const list = await coordinator.api('GET', `/routes?worker_id=${lost.id}`);
+      return list.body.routes.length === 0 ? true : undefined;
+    });
+    const onSmall = (await coordinator.api('GET', `/routes?worker_id=${small.id}`)).body.routes;
+    const onLarge = (await coordinator.api('GET', `/routes?worker_id=${large.id}`)).body.routes;
+    assert.equal(onSmall.length, 2);
+    assert.equal(onLarge.length, 5);
+    const byNumber = (a: number, b: number) => a - b;
+    const smallPorts = onSmall.map((route: any) => route.port).sort(byNumber);
+    assert.deepEqual(smallPorts, [21000, 21001]);
+    const largePorts = onLarge.map((route: any) => route.port).sort(byNumber);
+    assert.deepEqual(largePorts, [22000, 22001, 22002, 22003, 22004]);
+    assert.equal(onLarge.find((route: any) => route.port === 22000).id, existing.id);
   });
 
   test('routes with nowhere to go wait, then move', async () => {
@@ -160,8 +198,9 @@ describe('failover', { skip }, () => {
   });
 
   test('one instance of a set dying moves nothing', async () => {
-    const first = await startWorker({ authority: 'fo-ha', instanceId: 'i1', portRange: [24000, 24009] });
-    const second = await startWorker({ authority: 'fo-ha', instanceId: 'i2', portRange: [24000, 24009] });
+    const instance = { authority: 'fo-ha', portRange: [24000, 24009] as [number, number] };
+    const first = await startWorker({ ...instance, instanceId: 'i1' });
+    const second = await startWorker({ ...instance, instanceId: 'i2' });
     const spare = await startWorker({ authority: 'fo-spare', portRange: [25000, 25009] });
     assert.equal(first.id, second.id);
     const route = await createOn(first, 'ha-1');
@@ -199,7 +238,8 @@ describe('failover', { skip }, () => {
     assert.deepEqual([response.body.moved, response.body.remaining], [0, 2]);
     await routeWithStatus(coordinator, routes[0].id, 'active');
 
-    const pinned = await coordinator.api('POST', '/routes', routeBody('drain-3', 'web', { worker_id: drained.id }));
+    const pinnedBody = routeBody('drain-3', 'web', { worker_id: drained.id });
+    const pinned = await coordinator.api('POST', '/routes', pinnedBody);
     assert.equal(pinned.status, 503);
     const placed = await coordinator.api('POST', '/routes', routeBody('drain-4', 'web'));
     assert.equal(placed.body.worker_id, other.id);
@@ -217,6 +257,36 @@ describe('failover', { skip }, () => {
     for (const route of routes) await routeWithStatus(coordinator, route.id, 'active');
   });
 
+  test('failover of several batches moves every route once', async () => {
+    const count = 2500;
+    const lost = await startWorker({ authority: 'fo-many', portRange: [30000, 30000 + count - 1] });
+    const target = await startWorker({
+      authority: 'fo-room',
+      portRange: [40000, 40000 + count - 1],
+    });
+    for (let session = 0; session < count / 100; session++) {
+      const routes = Array.from({ length: 100 }, (_, i) => ({
+        service: `svc-${i}`,
+        worker_id: lost.id,
+        backends: [{ host: '192.0.2.30', port: 1000 + i }],
+      }));
+      const response = await coordinator.api('PUT', `/sessions/many-${session}/routes`, { routes });
+      assert.equal(response.status, 200);
+    }
+    await lost.waitFor(() => lost.table.size === count, 20_000, 'every route on fo-many');
+
+    lost.kill();
+    const isComplete = () => target.table.size === count;
+    await target.waitFor(isComplete, FAILOVER_DEADLINE_MS + 10_000, 'every route on fo-room');
+    const ports = new Set([...target.table.values()].map((route) => route.port as number));
+    assert.equal(ports.size, count);
+    assert.equal(Math.min(...ports), 40000);
+    assert.equal(Math.max(...ports), 40000 + count - 1);
+    const moved = await eventsOfType(coordinator, 'route.moved', start);
+    assert.equal(moved.length, count);
+    assert.equal(new Set(moved.map((event) => event.route.id)).size, count);
+  });
+
   test('drain of a lost or unknown worker is refused', async () => {
     const lost = await startWorker({ authority: 'fo-gone', portRange: [28000, 28009] });
     lost.kill();
@@ -225,7 +295,8 @@ describe('failover', { skip }, () => {
     );
     const refused = await coordinator.api('POST', `/workers/${lost.id}/drain`, { move: true });
     assert.equal(refused.status, 409);
-    const unknown = await coordinator.api('POST', '/workers/0b6f7a52-9d6e-4b39-9b8b-5c0d3f1e2a77/drain');
+    const unknownId = '0b6f7a52-9d6e-4b39-9b8b-5c0d3f1e2a77';
+    const unknown = await coordinator.api('POST', `/workers/${unknownId}/drain`);
     assert.equal(unknown.status, 404);
   });
 });

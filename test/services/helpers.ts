@@ -30,12 +30,13 @@ export async function registerWorker(
     port_range: [20000, 20099],
     ...extra,
   };
-  const response = await coordinator.api('POST', '/workers/register', body, coordinator.tokens.worker);
+  const token = coordinator.tokens.worker;
+  const response = await coordinator.api('POST', '/workers/register', body, token);
   assert.ok(response.status < 300, `register ${authority}: ${JSON.stringify(response.body)}`);
   return response.body.worker;
 }
 
-/** A route body with one backend; `extra` overrides fields. */
+/** Builds a route body with one backend; `extra` overrides fields. */
 export function routeBody(sessionId: string, service: string, extra: Record<string, unknown> = {}) {
   return {
     session_id: sessionId,

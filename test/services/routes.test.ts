@@ -79,7 +79,8 @@ describe('route writes on the database', { skip }, () => {
   test('same session and service with another spec is a 409', async () => {
     await registerWorker(coordinator, 'idem-other');
     const first = await create(routeBody('idem-2', 'web'));
-    const other = await create(routeBody('idem-2', 'web', { backends: [{ host: '192.0.2.99', port: 1 }] }));
+    const backends = [{ host: '192.0.2.99', port: 1 }];
+    const other = await create(routeBody('idem-2', 'web', { backends }));
     assert.equal(other.status, 409);
     assert.equal(other.body.conflicting_route_id, first.body.id);
   });
@@ -157,7 +158,8 @@ describe('route writes on the database', { skip }, () => {
       hostname: 'case-b.example.test',
       wildcard_domain: '.TAKEN.case.test',
     };
-    const response = await coordinator.api('POST', '/workers/register', body, coordinator.tokens.worker);
+    const token = coordinator.tokens.worker;
+    const response = await coordinator.api('POST', '/workers/register', body, token);
     assert.equal(response.status, 409);
   });
 
@@ -190,10 +192,11 @@ describe('route writes on the database', { skip }, () => {
   test('PATCH sets and removes the idle timeout', async () => {
     await registerWorker(coordinator, 'idle-patch');
     const created = await create(routeBody('idle-patch', 'web'));
-    const set = await coordinator.api('PATCH', `/routes/${created.body.id}`, { idle_timeout_s: 30 });
+    const path = `/routes/${created.body.id}`;
+    const set = await coordinator.api('PATCH', path, { idle_timeout_s: 30 });
     assert.equal(set.body.idle_timeout_s, 30);
     assert.ok(set.body.revision > created.body.revision);
-    const cleared = await coordinator.api('PATCH', `/routes/${created.body.id}`, { idle_timeout_s: null });
+    const cleared = await coordinator.api('PATCH', path, { idle_timeout_s: null });
     assert.equal('idle_timeout_s' in cleared.body, false);
     const stored = await coordinator.api('GET', `/routes/${created.body.id}`);
     assert.equal('idle_timeout_s' in stored.body, false);

@@ -52,7 +52,8 @@ describe('session route sets', { skip }, () => {
     await registerWorker(coordinator, 'set-mixed');
     const first = await put('s3', [spec('jupyter', 8888), spec('ssh-web', 2222)]);
     const jupyterId = first.body.routes.find((route: any) => route.service === 'jupyter').id;
-    const second = await put('s3', [spec('jupyter', 9999, { labels: { v: '2' } }), spec('vscode', 8080)]);
+    const changed = spec('jupyter', 9999, { labels: { v: '2' } });
+    const second = await put('s3', [changed, spec('vscode', 8080)]);
     assert.equal(second.body.created, 1);
     assert.equal(second.body.updated, 1);
     assert.equal(second.body.deleted, 1);
@@ -139,7 +140,10 @@ describe('session route sets', { skip }, () => {
   });
 
   test('session restarted elsewhere reaches the worker as one diff', async () => {
-    const worker = await connectedWorker(coordinator, { authority: 'set-diff', portRange: [26000, 26099] });
+    const worker = await connectedWorker(coordinator, {
+      authority: 'set-diff',
+      portRange: [26000, 26099],
+    });
     const services = ['jupyter', 'lab', 'tensorboard', 'vscode', 'shell'];
     await put('s12', services.map((service, i) => spec(service, 8000 + i)));
     await worker.waitFor(() => worker.table.size === 5, 3000, 'five routes');
