@@ -23,6 +23,8 @@ const ENDPOINTS: Array<{ method: string; path: string; accepts: Kind[]; body?: u
   { method: 'DELETE', path: '/routes/{uuid}', accepts: ['manager'] },
   { method: 'GET', path: '/sessions/s1/routes', accepts: ['manager', 'read'] },
   { method: 'DELETE', path: '/sessions/s1/routes', accepts: ['manager'] },
+  { method: 'PUT', path: '/sessions/s1/routes', accepts: ['manager'], body: { routes: [] } },
+  { method: 'POST', path: '/workers/{uuid}/drain', accepts: ['manager'], body: {} },
   { method: 'GET', path: '/lookup?host=a.apps.example.test', accepts: ['manager', 'read', 'session'] },
   { method: 'GET', path: '/events', accepts: ['manager', 'read'] },
   { method: 'GET', path: '/metrics', accepts: ['manager', 'read'] },
