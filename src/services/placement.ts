@@ -266,6 +266,8 @@ export interface Unplaced {
   detail: string;
   /** The route holding a requested address, for a conflict. */
   conflictingRouteId?: string;
+  /** The route of this same plan that took the requested address first, for a conflict. */
+  plannedRouteId?: string;
 }
 
 export type LoadAddresses = (workerIds: string[]) => Promise<Map<string, WorkerAddresses>>;
@@ -377,7 +379,8 @@ export class PlacementPlanner {
     }
     const value = port !== undefined ? `Port ${port}` : `Subdomain ${subdomain}`;
     if (holder !== undefined && this.#plannedRouteIds.has(holder)) {
-      return { kind: 'conflict', detail: `${value} is requested by two routes of this change.` };
+      const detail = `${value} is requested by two routes of this change.`;
+      return { kind: 'conflict', detail, plannedRouteId: holder };
     }
     return {
       kind: 'conflict',

@@ -31,6 +31,7 @@ import {
   selectorOf,
   stampChange,
 } from './route-changes.ts';
+import { CreateBatcher } from './route-creates.ts';
 import { replaceSessionRoutes } from './session-routes.ts';
 
 export type { Placement, PlacementRequest } from './placement.ts';
@@ -42,10 +43,12 @@ const EXPIRY_BATCH = 500;
 export class RouteService {
   readonly #sql: Sql;
   readonly #writer: Writer;
+  readonly #creates: CreateBatcher;
 
   constructor(sql: Sql, writer: Writer) {
     this.#sql = sql;
     this.#writer = writer;
+    this.#creates = new CreateBatcher(writer, matchExisting, (tx, body) => this.#createOne(tx, body));
   }
 
   get(id: string): Promise<Route | null> {
@@ -82,16 +85,24 @@ export class RouteService {
    * this service with the same spec.
    */
   create(body: CreateRouteBody): Promise<{ route: Route; isCreated: boolean }> {
-    return this.#writer.run(async (tx) => {
-      const existing = await store.findRouteBySessionService(tx.sql, body.session_id, body.service);
-      if (existing) return { route: matchExisting(existing, body), isCreated: false };
+    return this.#creates.create(body);
+  }
 
-      const placement = await placeRoute(tx.sql, placementRequest(body, body.session_id));
-      const route = newRoute({ ...body, id: randomUUID(), placement, tx });
-      await store.insertRoute(tx.sql, route);
-      recordCreated(tx, route);
-      return { route, isCreated: true };
-    });
+  /** Creates one route with per-route queries, as a write job. */
+  async #createOne(tx: WriteTx, body: CreateRouteBody): Promise<{ route: Route; isCreated: boolean }> {
+    // Both reads go out together: the driver pipelines them on the transaction's connection.
+    const [existing, workers] = await Promise.all([
+      store.findRouteBySessionService(tx.sql, body.session_id, body.service),
+      placementCandidates(tx.sql),
+    ]);
+    if (existing) return { route: matchExisting(existing, body), isCreated: false };
+
+    const request = placementRequest(body, body.session_id);
+    const placement = await placeRoute(tx.sql, request, workers);
+    const route = newRoute({ ...body, id: randomUUID(), placement, tx });
+    await store.insertRoute(tx.sql, route);
+    recordCreated(tx, route);
+    return { route, isCreated: true };
   }
 
   /** Replaces the given fields; a change that alters nothing takes no revision. */
@@ -201,10 +212,15 @@ function matchExisting(existing: Route, body: CreateRouteBody): Route {
 
 /**
  * Chooses a worker and an address for one route, least loaded worker first.
- * Runs inside the write transaction, so no other writer races it.
+ * Runs inside the write transaction, so no other writer races it. `loaded` is
+ * the candidate list when the caller has already read it in this transaction.
  */
-export async function placeRoute(q: Queryable, request: PlacementRequest): Promise<Placement> {
-  const workers = await placementCandidates(q);
+export async function placeRoute(
+  q: Queryable,
+  request: PlacementRequest,
+  loaded?: Candidate[],
+): Promise<Placement> {
+  const workers = loaded ?? (await placementCandidates(q));
   const candidates = eligibleWorkers(workers, request);
   if (candidates.length === 0) throw await noWorkerError(q, workers, request);
   if (request.port !== undefined) return placeOnPort(q, candidates, request, request.port);

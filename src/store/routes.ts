@@ -118,6 +118,34 @@ export async function insertRoute(q: Queryable, route: Route): Promise<void> {
       ${jsonOrNull(route.worker_selector)}::text::jsonb)`;
 }
 
+/** Inserts many new routes in one statement. */
+export async function insertRoutes(q: Queryable, routes: Route[]): Promise<void> {
+  if (routes.length === 0) return;
+  await q`
+    INSERT INTO routes (id, session_id, service, protocol, mode, backends, worker_id, port,
+      subdomain, url, open_to_public, allowed_client_ips, labels, revision, created_at, updated_at,
+      idle_timeout_s, worker_selector)
+    SELECT id, session_id, service, protocol, mode, backends, worker_id, port,
+      subdomain, url, open_to_public, allowed_client_ips, labels, revision, created_at, updated_at,
+      idle_timeout_s, worker_selector
+    FROM jsonb_populate_recordset(NULL::routes, ${JSON.stringify(routes)}::text::jsonb)`;
+}
+
+/** Finds the routes of many (session, service) pairs in one read. */
+export async function findRoutesBySessionServices(
+  q: Queryable,
+  keys: Array<{ sessionId: string; service: string }>,
+): Promise<Route[]> {
+  if (keys.length === 0) return [];
+  const pairs = JSON.stringify(keys.map((key) => ({ s: key.sessionId, v: key.service })));
+  const rows = await q.unsafe(
+    `${SELECT_ROUTE} WHERE (r.session_id, r.service) IN (
+       SELECT s, v FROM jsonb_to_recordset($1::text::jsonb) AS t (s text, v text))`,
+    [pairs],
+  );
+  return rows.map(rowToRoute);
+}
+
 /** Stores every mutable field of `route`: its spec, its placement and its revision. */
 export async function updateRoute(q: Queryable, route: Route): Promise<void> {
   await q`
