@@ -33,7 +33,7 @@ interface PendingCreate {
   reject: (error: unknown) => void;
 }
 
-/** What a committed create job leaves for the next one. */
+/** The plan state a committed create job hands to the next one. */
 interface PlanState {
   book: PlannedAddressBook;
   /** The revision the job committed at; the book is valid while it is the latest. */
@@ -87,8 +87,8 @@ export class CreateBatcher {
       // The creates waiting when the job starts are its own; the writer may run it twice.
       take();
       if (!taken) return { outcomes: [] };
-      // The planner fills the last plan's address book in place, so a run that may roll back
-      // takes it away; only a commit hands a book on.
+      // The planner changes the last plan's address book in place. A run may roll back, so it
+      // takes the book away, and only a commit hands a book on.
       const lastPlan = this.#lastPlan;
       this.#lastPlan = undefined;
       const isPlanKnown = lastPlan?.revision === tx.revision;
@@ -177,7 +177,7 @@ async function createAll(
   return { outcomes, plan: { book: planner.addressBook, revision: tx.revision } };
 }
 
-/** A 409 for an address taken before, or by a route created earlier in the same batch. */
+/** Builds the 409 for an address taken before, or by a route created earlier in the batch. */
 function conflictOf(unplaced: Unplaced): ConflictError {
   if (unplaced.plannedRouteId === undefined) {
     return new ConflictError(unplaced.detail, unplaced.conflictingRouteId);
