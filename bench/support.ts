@@ -93,7 +93,7 @@ export function machineFacts(): string {
       .toString()
       .trim();
   } catch {
-    // Left as unknown: the page says so.
+    // The page then shows the version as unknown.
   }
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
   const memoryGiB = (os.totalmem() / 2 ** 30).toFixed(0);

@@ -5,8 +5,8 @@ import { findWorkerRecord, releaseInstanceSession } from '../store/workers.ts';
 import type { Writer } from '../store/writer.ts';
 
 /**
- * Tracks which coordinator processes are running, so the sessions of one
- * that crashed stop counting as connected.
+ * Tracks which coordinator processes are running, so the sessions a crashed
+ * coordinator held stop counting as connected.
  */
 export class PresenceService {
   readonly #sql: Sql;

@@ -25,7 +25,7 @@ export interface CoordinatorProcess {
   stop: () => Promise<number | null>;
 }
 
-/** Starts bin/appproxy-coordinator on a free port and waits until /health answers. */
+/** Starts bin/appproxy-coordinator on a free port and waits until /health returns 200. */
 export async function startCoordinatorProcess(options: {
   databaseUrl?: string;
   dataDir: string;
