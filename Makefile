@@ -4,7 +4,7 @@ UNIT_TESTS := $(wildcard test/*.test.ts test/*/*.test.ts)
 # Suites that run a second time on the embedded database.
 EMBEDDED_TESTS := $(wildcard test/store/*.test.ts test/e2e/*.test.ts)
 
-.PHONY: install run test typecheck demo bench bench-compare fuzz
+.PHONY: install run test typecheck demo bench bench-compare bench-sync fuzz
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -30,6 +30,11 @@ bench: install
 	node --import tsx bench/route-latency.ts
 	node --import tsx bench/compare.ts
 	node --import tsx bench/failover.ts
+	node --import tsx bench/sync.ts
+
+# Only the sync benchmarks: write to ack, a snapshot of 100,000 routes, a reconnect storm.
+bench-sync: install
+	node --import tsx bench/sync.ts
 
 # Only the side-by-side comparison with configurable-http-proxy.
 bench-compare: install

@@ -1,8 +1,7 @@
 // Measures how long a route write takes to reach a worker and come back as an
-// ack, with 100 connected workers holding 50,000 routes between them, on the
-// PostgreSQL of the test suites, against a coordinator in its own process.
-// Stops by itself and prints its numbers; `--write` also records them in
-// docs/benchmarks.md (the Sync section).
+// ack, with 100 connected workers that have 50,000 routes between them. It runs
+// on the PostgreSQL of the test suites, against a coordinator in its own
+// process, stops by itself and prints its numbers.
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -53,8 +52,15 @@ function commitToAck(figures: LatencyFigures): number[] {
 /** Routes each pending write is waiting for, by route id. */
 const waiting = new Map<string, (arrival: Arrival) => void>();
 
+/** Arrivals of new routes whose create response had not come back yet. */
+const arrivedEarly = new Map<string, Arrival>();
+
 function onArrival(arrival: Arrival): void {
-  for (const route of arrival.routes) waiting.get(route.id)?.(arrival);
+  for (const route of arrival.routes) {
+    const waiter = waiting.get(route.id);
+    if (waiter) waiter(arrival);
+    else if (arrival.type === 'diff') arrivedEarly.set(route.id, arrival);
+  }
 }
 
 /** Sends one write and waits for both its response and the worker's ack of its route. */
@@ -77,11 +83,17 @@ async function measure(
   if (routeId) expect(routeId);
   const response = await send();
   figures.toResponse.push(performance.now() - startedAt);
-  if (!routeId) expect(response.id);
+  if (!routeId) {
+    expect(response.id);
+    const early = arrivedEarly.get(response.id);
+    arrivedEarly.delete(response.id);
+    if (early) waiting.get(response.id)?.(early);
+  }
+  let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    setTimeout(() => reject(new Error(`no ack of route ${routeId ?? response.id} within 10 s`)), 10_000).unref();
+    timer = setTimeout(() => reject(new Error(`no ack of route ${routeId ?? response.id} within 10 s`)), 10_000);
   });
-  const { arrival, revision } = await Promise.race([arrived, timeout]);
+  const { arrival, revision } = await Promise.race([arrived, timeout]).finally(() => clearTimeout(timer));
   figures.toAck.push(Math.max(0, arrival.at - startedAt));
   figures.acks.push({ revision, at: arrival.at });
 }
@@ -96,7 +108,16 @@ export function summarize(values: number[]): string {
   return `p50 ${f(0.5)}, p99 ${f(0.99)}, max ${f(1)}`;
 }
 
-async function main(): Promise<void> {
+/** Latencies of one kind of write, each list in ms. */
+export interface LatencyResult {
+  label: string;
+  commitToAck: number[];
+  requestToAck: number[];
+  requestToResponse: number[];
+}
+
+/** Sets up 100 workers with 50,000 routes and measures three kinds of writes. */
+export async function measureLatency(): Promise<LatencyResult[]> {
   const db = await createTestDatabase();
   const dataDir = await mkdtemp(path.join(tmpdir(), 'appproxy-bench-'));
   const coordinator = await startCoordinatorChild({
@@ -104,57 +125,26 @@ async function main(): Promise<void> {
     dataDir,
     profileDir: process.env.BENCH_PROFILE_DIR,
   });
-  const { manager, worker: workerToken } = coordinator.tokens;
   const listener = postgres(db.url as string, { max: 1, onnotice: () => {} });
   try {
     await listener.listen('appproxy_changes', (payload) => {
       commits.push({ revision: Number(payload), at: performance.now() });
     });
-    const workers = await registerWorkers(coordinator.url, workerToken);
+    const workers = await registerWorkers(coordinator.url, coordinator.tokens.worker);
     const routes = await insertRoutesSpread(db.url as string, workers.map(bulkWorker), ROUTES / WORKERS);
     const startedAt = performance.now();
     await Promise.all(workers.map((worker) => worker.connect(coordinator.url, false)));
-    console.log(`${WORKERS} workers took snapshots of ${routes.length} routes in ${(performance.now() - startedAt).toFixed(0)} ms`);
-
-    const patch = (route: Route, i: number) => () =>
-      callApi(coordinator.url, manager, 'PATCH', `/routes/${route.id}`, {
-        backends: [
-          { host: '10.9.0.1', port: 1000 + (i % 60_000) },
-          { host: '10.9.0.2', port: 1000 + (i % 60_000) },
-        ],
-      });
-    const warmup = newFigures('warm-up');
-    for (let i = 0; i < 200; i++) await measure(warmup, routes[i].id, patch(routes[i], i));
-
-    const sequential = newFigures('PATCH, one at a time');
-    for (let i = 0; i < WRITES; i++) {
-      const route = routes[(i * 7919) % routes.length];
-      await measure(sequential, route.id, patch(route, i + 1));
-    }
-    const concurrent = newFigures(`PATCH, ${CONCURRENCY} at a time`);
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: CONCURRENCY }, async () => {
-        while (next < WRITES * 2) {
-          const i = next++;
-          const route = routes[(i * 104_729) % routes.length];
-          await measure(concurrent, route.id, patch(route, i + 7));
-        }
-      }),
-    );
-    const creates = newFigures('POST, one at a time');
-    for (let i = 0; i < WRITES / 4; i++) {
-      await measure(creates, null, () =>
-        callApi(coordinator.url, manager, 'POST', '/routes', createBody(workers[i % WORKERS].id, i)),
-      );
-    }
+    const snapshotMs = (performance.now() - startedAt).toFixed(0);
+    console.log(`${WORKERS} workers took snapshots of ${routes.length} routes in ${snapshotMs} ms`);
+    const figures = await runWrites(coordinator.url, coordinator.tokens.manager, workers, routes);
+    // Notifications of the last commits may still be on their way.
     await new Promise((resolve) => setTimeout(resolve, 200));
-    for (const figures of [sequential, concurrent, creates]) {
-      console.log(`${figures.label} (${figures.toAck.length} writes):`);
-      console.log(`  commit → worker ack, ms:     ${summarize(commitToAck(figures))}`);
-      console.log(`  request → worker ack, ms:    ${summarize(figures.toAck)}`);
-      console.log(`  request → 2xx response, ms:  ${summarize(figures.toResponse)}`);
-    }
+    return figures.map((figure) => ({
+      label: figure.label,
+      commitToAck: commitToAck(figure),
+      requestToAck: figure.toAck,
+      requestToResponse: figure.toResponse,
+    }));
   } catch (error) {
     console.error(coordinator.output());
     throw error;
@@ -164,6 +154,48 @@ async function main(): Promise<void> {
     await listener.end();
     await db.drop();
   }
+}
+
+/** Runs the warm-up, then PATCHes one and 16 at a time, then POSTs one at a time. */
+async function runWrites(
+  url: string,
+  token: string,
+  workers: BenchWorker[],
+  routes: Route[],
+): Promise<LatencyFigures[]> {
+  // Each write gets a port never used before, so every PATCH changes its route.
+  let nextPort = 1000;
+  const patch = (route: Route) => () => {
+    const port = nextPort++;
+    const backends = [
+      { host: '10.9.0.1', port },
+      { host: '10.9.0.2', port },
+    ];
+    return callApi(url, token, 'PATCH', `/routes/${route.id}`, { backends });
+  };
+  const warmup = newFigures('warm-up');
+  for (let i = 0; i < 200; i++) await measure(warmup, routes[i].id, patch(routes[i]));
+
+  const sequential = newFigures('PATCH, one at a time');
+  for (let i = 0; i < WRITES; i++) {
+    const route = routes[(i * 7919) % routes.length];
+    await measure(sequential, route.id, patch(route));
+  }
+  const concurrent = newFigures(`PATCH, ${CONCURRENCY} at a time`);
+  let next = 0;
+  const lane = async () => {
+    while (next < WRITES * 2) {
+      const route = routes[(next++ * 104_729) % routes.length];
+      await measure(concurrent, route.id, patch(route));
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, lane));
+  const creates = newFigures('POST, one at a time');
+  for (let i = 0; i < WRITES / 4; i++) {
+    const body = createBody(workers[i % WORKERS].id, i);
+    await measure(creates, null, () => callApi(url, token, 'POST', '/routes', body));
+  }
+  return [sequential, concurrent, creates];
 }
 
 const workersToClose: BenchWorker[] = [];
@@ -194,7 +226,7 @@ function bulkWorker(worker: BenchWorker, i: number): BulkWorker {
   };
 }
 
-/** A typical create request: two backends, three labels, about 300 bytes of JSON. */
+/** Returns a typical create request: two backends, three labels, about 300 bytes of JSON. */
 function createBody(workerId: string, i: number) {
   return {
     session_id: `bench-create-${i}`,
@@ -208,4 +240,11 @@ function createBody(workerId: string, i: number) {
   };
 }
 
-await main();
+if (import.meta.url === `file://${process.argv[1]}`) {
+  for (const result of await measureLatency()) {
+    console.log(`${result.label} (${result.requestToAck.length} writes):`);
+    console.log(`  commit → worker ack, ms:     ${summarize(result.commitToAck)}`);
+    console.log(`  request → worker ack, ms:    ${summarize(result.requestToAck)}`);
+    console.log(`  request → 2xx response, ms:  ${summarize(result.requestToResponse)}`);
+  }
+}

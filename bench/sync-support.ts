@@ -87,7 +87,7 @@ export async function callApi(url: string, token: string, method: string, urlPat
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await response.text();
-  if (response.status >= 300) throw new Error(`${method} ${urlPath} answered ${response.status}: ${text}`);
+  if (response.status >= 300) throw new Error(`${method} ${urlPath} failed with ${response.status}: ${text}`);
   return text ? JSON.parse(text) : null;
 }
 
@@ -113,6 +113,7 @@ export class BenchWorker {
   readonly table = new Map<string, number>();
   digest = new TableDigest();
   bytesReceived = 0;
+  messagesReceived = 0;
   onArrival: ((arrival: Arrival) => void) | null = null;
   #sessionToken = '';
   #heartbeatIntervalMs = 5000;
@@ -175,6 +176,7 @@ export class BenchWorker {
 
   #receive(data: Buffer): void {
     this.bytesReceived += data.length;
+    this.messagesReceived += 1;
     const message = JSON.parse(data.toString('utf8'));
     if (message.type === 'snapshot') this.#applySnapshot(message);
     else if (message.type === 'diff') this.#applyDiff(message);

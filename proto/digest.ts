@@ -1,14 +1,23 @@
-import { createHash } from 'node:crypto';
+import * as crypto from 'node:crypto';
 
 /** Digest of an empty table: 16 zero bytes in hex. */
 export const EMPTY_DIGEST = '0'.repeat(32);
 
 const DIGEST_BYTES = 16;
 
+/**
+ * SHA-256 of a string. The one-shot `crypto.hash` (Node 20.12 and later) took
+ * about half the time of `createHash` for 100,000 route ids on Node 20.20, so
+ * it is used where it exists. Older versions fall back to `createHash`.
+ */
+const sha256: (text: string) => Buffer =
+  typeof crypto.hash === 'function'
+    ? (text) => crypto.hash('sha256', text, 'buffer')
+    : (text) => crypto.createHash('sha256').update(text).digest();
+
 /** Returns the 16-byte contribution of one route to its worker's table digest. */
 export function routeDigestPart(routeId: string, revision: number): Buffer {
-  const hash = createHash('sha256').update(`${routeId}:${revision}`).digest();
-  return hash.subarray(0, DIGEST_BYTES);
+  return sha256(`${routeId}:${revision}`).subarray(0, DIGEST_BYTES);
 }
 
 /**

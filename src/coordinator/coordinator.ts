@@ -107,7 +107,7 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
   await presence.touch();
   let isTouching = false;
   const presenceTimer = setInterval(() => {
-    // A touch still waiting on a slow database is enough; more would only queue behind it.
+    // A touch still waiting on a slow database is enough, because more would only queue behind it.
     if (isTouching) return;
     isTouching = true;
     presence

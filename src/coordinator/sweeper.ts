@@ -137,12 +137,15 @@ export class Sweeper {
     const writtenAt = this.#options.heartbeatsWrittenAt?.() ?? Date.now();
     const lagMs = Date.now() - writtenAt;
     if (lagMs <= this.#options.heartbeatIntervalMs) {
-      if (this.#areHeartbeatsBehind) this.#log.info('heartbeat writes caught up; lost-worker checks resume after one deadline');
+      if (this.#areHeartbeatsBehind) {
+        this.#log.info('heartbeat writes caught up; lost-worker checks resume after one deadline');
+      }
       this.#areHeartbeatsBehind = false;
       return;
     }
     if (!this.#areHeartbeatsBehind) {
-      this.#log.warn({ lag_ms: lagMs }, 'heartbeat writes are behind; no worker is declared lost meanwhile');
+      const message = 'heartbeat writes are behind; no worker is declared lost meanwhile';
+      this.#log.warn({ lag_ms: lagMs }, message);
     }
     this.#areHeartbeatsBehind = true;
     this.#watchingSince = Date.now();

@@ -149,7 +149,7 @@ async function getRoute(ctx: Ctx, routes: Routes): Promise<void> {
 }
 
 /**
- * Deletes a route. With `wait=applied` it answers 204 once every connected
+ * Deletes a route. With `wait=applied` it returns 204 once every connected
  * instance of the route's worker has acknowledged the deletion, and 202 with
  * the deletion's revision when `timeout_ms` runs out first.
  */

@@ -44,7 +44,11 @@ export class ChangeFeed {
   async start(): Promise<void> {
     this.#revision = (await readMeta(this.#sql)).revision;
     if (this.#options.supportsListen) {
-      const listener = await this.#sql.listen('appproxy_changes', () => this.wake());
+      // The payload is the last revision of the commit; this process's own commits
+      // are usually published before their notification arrives, so need no read.
+      const listener = await this.#sql.listen('appproxy_changes', (payload) => {
+        if (!(Number(payload) <= this.#revision)) this.wake();
+      });
       this.#unlisten = listener.unlisten;
     }
     this.#timer = setInterval(() => this.wake(), this.#options.pollIntervalMs);

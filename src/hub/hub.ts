@@ -14,7 +14,7 @@ import type { SyncMetrics } from '../metrics.ts';
 import { hashToken, type WorkerService } from '../services/workers.ts';
 import type { Sql } from '../store/database.ts';
 import { findRoute, workerRouteAtRevision } from '../store/routes.ts';
-import type { InstanceIdentity, InstanceKey } from '../store/workers.ts';
+import type { AckRecord, InstanceIdentity, InstanceKey } from '../store/workers.ts';
 import type { ChangeRecord } from '../store/writer.ts';
 import type { ChangeFeed } from './feed.ts';
 import { WorkerSession, type SessionHost, type SessionLimits } from './session.ts';
@@ -72,8 +72,10 @@ export class Hub implements SessionHost {
   /** Heartbeats received before this time (ms since the epoch) are in the database. */
   #beatsWrittenAt = Date.now();
   #pongs = new WeakMap<WebSocket, number>();
-  /** Acks and nacks waiting to be written, per instance; one instance writes one at a time. */
-  readonly #statusWrites = new Map<string, StatusWrite[]>();
+  /** Acks and nacks not written yet, per instance, in arrival order. */
+  #statusWrites = new Map<string, { key: InstanceKey; writes: StatusWrite[] }>();
+  #statusFlush: Promise<void> | null = null;
+  #isStatusFlushScheduled = false;
   readonly #admission: PQueue;
   readonly #nackLogs = new Map<string, { windowStart: number; logged: number; dropped: number }>();
   #timers: NodeJS.Timeout[] = [];
@@ -130,6 +132,8 @@ export class Hub implements SessionHost {
     // The first call may only wait for a write already running; the second writes the rest.
     await this.#flushHeartbeats();
     await this.#flushHeartbeats();
+    await this.#statusFlush;
+    if (this.#statusWrites.size > 0) await this.#flushStatus();
   }
 
   /** Accepts an upgrade request for `/workers/stream`. */
@@ -246,39 +250,76 @@ export class Hub implements SessionHost {
     this.#logNack(session, message);
   }
 
-  /**
-   * Queues an ack or nack for writing. Writes of one instance run one at a
-   * time in arrival order, so an ack never overwrites a later nack; acks
-   * waiting back to back merge into the newest.
-   */
+  /** Queues an ack or nack for writing; acks waiting back to back merge into the newest. */
   #queueStatus(key: InstanceKey, write: StatusWrite): void {
     const id = instanceId(key);
-    const queue = this.#statusWrites.get(id);
-    if (!queue) {
-      this.#statusWrites.set(id, [write]);
-      void this.#writeStatus(key, id);
-      return;
+    const entry = this.#statusWrites.get(id) ?? { key, writes: [] };
+    this.#statusWrites.set(id, entry);
+    const last = entry.writes.at(-1);
+    if (last?.kind === 'ack' && write.kind === 'ack') {
+      last.revision = Math.max(last.revision, write.revision);
+      last.clearsNack = write.clearsNack;
+    } else {
+      entry.writes.push(write);
     }
-    const last = queue.at(-1);
-    const isMergeable = queue.length > 1 && last?.kind === 'ack' && write.kind === 'ack';
-    if (isMergeable) Object.assign(last, { revision: Math.max(last.revision, write.revision), clearsNack: write.clearsNack });
-    else queue.push(write);
+    this.#scheduleStatusFlush();
   }
 
-  async #writeStatus(key: InstanceKey, id: string): Promise<void> {
-    const queue = this.#statusWrites.get(id) as StatusWrite[];
-    while (queue.length > 0) {
-      const write = queue[0];
+  /**
+   * Flushes at the end of this turn, or after the flush in flight: under load
+   * the acks of many sessions share one statement, and alone none waits.
+   */
+  #scheduleStatusFlush(): void {
+    if (this.#isStatusFlushScheduled || this.#statusFlush) return;
+    this.#isStatusFlushScheduled = true;
+    setImmediate(() => {
+      this.#isStatusFlushScheduled = false;
+      this.#statusFlush = this.#flushStatus().finally(() => {
+        this.#statusFlush = null;
+        if (this.#statusWrites.size > 0) this.#scheduleStatusFlush();
+      });
+    });
+  }
+
+  /**
+   * Writes the queued acks and nacks. Acks of instances with nothing else
+   * queued go in one statement. An instance with a nack queued has its writes
+   * run in arrival order, so an ack never overwrites a later nack or the reverse.
+   */
+  async #flushStatus(): Promise<void> {
+    const entries = [...this.#statusWrites.values()];
+    this.#statusWrites = new Map();
+    const acks: AckRecord[] = [];
+    const ordered: Array<{ key: InstanceKey; writes: StatusWrite[] }> = [];
+    for (const entry of entries) {
+      const [write] = entry.writes;
+      if (entry.writes.length === 1 && write.kind === 'ack') acks.push({ ...entry.key, ...write });
+      else ordered.push(entry);
+    }
+    await Promise.all([this.#writeAcks(acks), ...ordered.map((entry) => this.#writeInOrder(entry))]);
+  }
+
+  async #writeAcks(acks: AckRecord[]): Promise<void> {
+    if (acks.length === 0) return;
+    try {
+      await this.#options.workers.recordAcks(acks);
+    } catch (error) {
+      // The next ack of each instance carries its state again.
+      this.#log.warn({ err: error, instances: acks.length }, 'recording acks failed');
+    }
+  }
+
+  async #writeInOrder(entry: { key: InstanceKey; writes: StatusWrite[] }): Promise<void> {
+    const { key } = entry;
+    for (const write of entry.writes) {
       try {
         if (write.kind === 'ack') await this.#options.workers.recordAck(key, write.revision, write.clearsNack);
         else await this.#options.workers.recordNack(key, write.nack);
       } catch (error) {
         const fields = { err: error, worker_id: key.workerId, instance_id: key.instanceId };
-        this.#log.warn(fields, `recording an ${write.kind} failed`);
+        this.#log.warn(fields, `recording a ${write.kind} failed`);
       }
-      queue.shift();
     }
-    this.#statusWrites.delete(id);
   }
 
   #logNack(session: WorkerSession, message: NackMessage): void {
@@ -350,19 +391,28 @@ export class Hub implements SessionHost {
     }
   }
 
+  /**
+   * Hands each change to the sessions of the workers it touches, then sends
+   * their diffs at once: the changes of one commit arrive together, so each
+   * session folds them into one diff, written before the writes' responses.
+   */
   #dispatch(changes: ChangeRecord[]): void {
+    const touched = new Set<WorkerSession>();
     for (const change of changes) {
       if (change.type.startsWith('worker.')) this.#applyWorkerEvent(change);
-      else this.#routeChange(change);
+      else this.#routeChange(change, touched);
     }
+    for (const session of touched) session.flush();
   }
 
-  #routeChange(change: ChangeRecord): void {
+  #routeChange(change: ChangeRecord, touched: Set<WorkerSession>): void {
     const workerIds = new Set([change.worker_id, change.prev_worker_id]);
     for (const workerId of workerIds) {
       if (!workerId) continue;
       for (const session of this.#sessions.get(workerId) ?? []) {
-        if (touchesWorker(change, workerId)) session.enqueue(change);
+        if (!touchesWorker(change, workerId)) continue;
+        session.enqueue(change);
+        touched.add(session);
       }
     }
   }

@@ -67,8 +67,8 @@ type State = 'awaiting_hello' | 'admitting' | 'syncing' | 'live' | 'closed';
 const MAX_MALFORMED = 3;
 const FIRST_BACKOFF_MS = 1000;
 const MAX_BACKOFF_MS = 60_000;
-/** Routes read per query while streaming a snapshot. */
-const SNAPSHOT_PAGE_SIZE = 2000;
+/** Routes fetched from the cursor at a time while streaming a snapshot. */
+const SNAPSHOT_PAGE_SIZE = 1000;
 
 /** A diff sent and not yet acknowledged. */
 interface SentMessage {
@@ -196,7 +196,7 @@ export class WorkerSession {
     const routeId = change.route_id;
     if (routeId && this.#backoff?.routeIds.has(routeId)) {
       // A new version of a rejected route may fix it: send now, not after the backoff.
-      void this.#resendHeld();
+      this.#background(this.#resendHeld(), 'resending a rejected diff');
       return;
     }
     if (routeId) this.#dropRetry(routeId);
@@ -249,6 +249,11 @@ export class WorkerSession {
     });
   }
 
+  /** Sends the pending changes as diffs now, if the session can send. */
+  flush(): void {
+    this.#flush();
+  }
+
   #flush(): void {
     if (this.#state !== 'live' || this.#backoff || this.#pending.length === 0) return;
     if (this.#isBackedUp()) return;
@@ -263,7 +268,7 @@ export class WorkerSession {
   /**
    * Sends the diffs from the sent table to `toRevision`. When the socket backs
    * up midway, the changes not sent yet go back to the pending ones, so a slow
-   * worker holds at most about one diff beyond the high-water mark.
+   * worker's socket buffers at most about one diff beyond the high-water mark.
    */
   #sendDiffs(changes: ChangeRecord[], toRevision: number, isReplyRequired: boolean): void {
     const diffs = buildDiffs({
@@ -499,7 +504,7 @@ export class WorkerSession {
       return;
     }
     if (nack.revision > this.#ackedRevision) this.#startBackoff(nack.revision);
-    else void this.#retryAppliedRoute(nack.revision);
+    else this.#background(this.#retryAppliedRoute(nack.revision), 'scheduling a rejected route');
   }
 
   /**
@@ -510,20 +515,26 @@ export class WorkerSession {
     const routeIds = new Set([...this.#sent.values()].flatMap((sent) => sent.routeIds));
     const delayMs = Math.min((this.#backoff?.delayMs ?? FIRST_BACKOFF_MS / 2) * 2, MAX_BACKOFF_MS);
     if (this.#backoff?.timer) clearTimeout(this.#backoff.timer);
-    const timer = setTimeout(() => void this.#resendHeld(), delayMs);
+    const timer = setTimeout(() => this.#background(this.#resendHeld(), 'resending a rejected diff'), delayMs);
     this.#backoff = { delayMs, routeIds, timer };
     this.#log.debug({ worker_id: this.key.workerId, revision, delay_ms: delayMs }, 'backing off');
   }
 
   async #resendHeld(): Promise<void> {
-    if (!this.#backoff || this.#isClosed()) return;
-    if (this.#backoff.timer) clearTimeout(this.#backoff.timer);
-    this.#backoff.timer = null;
-    const plan = await this.#host.planResume(
-      this.key.workerId,
-      this.#ackedRevision,
-      this.#ackedDigest.toHex(),
-    );
+    const backoff = this.#backoff;
+    if (!backoff || this.#isClosed()) return;
+    if (backoff.timer) clearTimeout(backoff.timer);
+    backoff.timer = null;
+    let plan: ResumePlan;
+    try {
+      plan = await this.#host.planResume(this.key.workerId, this.#ackedRevision, this.#ackedDigest.toHex());
+    } catch (error) {
+      // Try again after the same delay, so the held diffs are not stuck for good.
+      if (this.#backoff === backoff && !this.#isClosed()) {
+        backoff.timer = setTimeout(() => this.#background(this.#resendHeld(), 'resending a rejected diff'), backoff.delayMs);
+      }
+      throw error;
+    }
     if (this.#isClosed() || this.#state !== 'live') return;
     if (plan.kind === 'snapshot') return this.#requestSnapshot(plan.reason);
     this.#pending = this.#pending.filter((change) => change.revision > plan.revision);
@@ -534,6 +545,10 @@ export class WorkerSession {
     this.#digest = plan.digest;
     // The backoff stays in place, holding other diffs, until the worker acks or nacks this one.
     this.#sendDiffs(plan.changes, plan.revision, true);
+    // A worker that sends neither an ack nor a nack gets it again after twice the delay.
+    if (this.#backoff !== backoff) return;
+    const watchdogMs = Math.min(backoff.delayMs * 2, MAX_BACKOFF_MS);
+    backoff.timer = setTimeout(() => this.#background(this.#resendHeld(), 'resending a rejected diff'), watchdogMs);
   }
 
   #endBackoff(): void {
@@ -557,7 +572,7 @@ export class WorkerSession {
       return;
     }
     this.#dropRetry(route.id);
-    const timer = setTimeout(() => void this.#resendRoute(route.id), FIRST_BACKOFF_MS);
+    const timer = setTimeout(() => this.#background(this.#resendRoute(route.id), 'resending a route'), FIRST_BACKOFF_MS);
     this.#retries.set(route.id, { revision, delayMs: FIRST_BACKOFF_MS, timer, isRejectedAgain: true });
   }
 
@@ -569,7 +584,15 @@ export class WorkerSession {
       this.#retries.delete(routeId);
       return;
     }
-    const route = await this.#host.findRoute(routeId);
+    let route: Route | null;
+    try {
+      route = await this.#host.findRoute(routeId);
+    } catch (error) {
+      if (this.#retries.get(routeId) === retry) {
+        retry.timer = setTimeout(() => this.#background(this.#resendRoute(routeId), 'resending a route'), retry.delayMs);
+      }
+      throw error;
+    }
     if (this.#isClosed() || this.#retries.get(routeId) !== retry) return;
     const isUnchanged =
       route?.worker_id === this.key.workerId &&
@@ -585,10 +608,10 @@ export class WorkerSession {
       retry.isRejectedAgain = false;
       retry.delayMs = Math.min(retry.delayMs * 2, MAX_BACKOFF_MS);
     }
-    retry.timer = setTimeout(() => void this.#resendRoute(routeId), retry.delayMs);
+    retry.timer = setTimeout(() => this.#background(this.#resendRoute(routeId), 'resending a route'), retry.delayMs);
   }
 
-  /** Sends a route the worker already holds again, leaving its table's revision as it is. */
+  /** Sends again a route the worker already has, leaving its table's revision as it is. */
   #sendRefresh(route: Route): void {
     const digest = this.#digest.toHex();
     this.#sendText('diff', refreshDiffText(this.#host.epoch, this.#sentRevision, digest, [route]));
@@ -602,6 +625,13 @@ export class WorkerSession {
     if (!retry) return;
     clearTimeout(retry.timer);
     this.#retries.delete(routeId);
+  }
+
+  /** Runs work that nothing awaits; a failure (a database error) is logged, not thrown. */
+  #background(work: Promise<void>, what: string): void {
+    work.catch((error) => {
+      this.#log.warn({ err: error, worker_id: this.key.workerId }, `${what} failed`);
+    });
   }
 
   #malformed(problem: string): void {

@@ -1,7 +1,7 @@
 import { TableDigest, type Route } from '../../proto/index.ts';
 import { readMeta, readTableDigest, workerChangesAfter } from '../store/changes.ts';
 import type { Sql } from '../store/database.ts';
-import { workerRoutesAfterRevision } from '../store/routes.ts';
+import { workerRouteTexts } from '../store/routes.ts';
 import type { ChangeRecord } from '../store/writer.ts';
 
 // How a worker's table gets from one revision to another: diffs built from
@@ -181,7 +181,7 @@ export function refreshDiffText(epoch: string, revision: number, digest: string,
   });
 }
 
-/** What a streamed snapshot was, once its last message went out. */
+/** Summary of a streamed snapshot, once its last message went out. */
 export interface SnapshotSummary {
   revision: number;
   digest: string;
@@ -195,7 +195,7 @@ export interface SnapshotOptions {
   epoch: string;
   /** Target size of one snapshot message; a single route larger than this still goes alone. */
   chunkBytes: number;
-  /** Routes read from the database per query. */
+  /** Routes read from the database at a time. */
   pageSize: number;
   /** Called once the snapshot's revision and digest are known, before any message. */
   onStart?: (revision: number, digest: string) => void;
@@ -207,10 +207,11 @@ export interface SnapshotOptions {
 }
 
 /**
- * Streams a worker's whole table at one revision: reads it page by page in
- * one read-only REPEATABLE READ transaction and sends it in messages of about
- * `chunkBytes`, all but the last with `more: true`, each with the digest of
- * the whole table. Memory stays at about one page and one message.
+ * Streams a worker's whole table at one revision. It reads the table through
+ * a cursor in one read-only REPEATABLE READ transaction and sends messages of
+ * about `chunkBytes`, all but the last with `more: true`. Each carries the
+ * digest of the whole table. Memory stays at about one batch of rows and one
+ * message.
  */
 export async function streamSnapshot(sql: Sql, options: SnapshotOptions): Promise<SnapshotSummary> {
   return sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (tx) => {
@@ -218,11 +219,8 @@ export async function streamSnapshot(sql: Sql, options: SnapshotOptions): Promis
     const digest = await readTableDigest(tx, options.workerId);
     options.onStart?.(meta.revision, digest);
     const chunker = new SnapshotChunker(options, meta.revision, digest);
-    for (let after = 0; ; ) {
-      const page = await workerRoutesAfterRevision(tx, options.workerId, after, options.pageSize);
-      for (const route of page) await chunker.add(JSON.stringify(route));
-      if (page.length < options.pageSize) break;
-      after = (page.at(-1) as Route).revision;
+    for await (const page of workerRouteTexts(tx, options.workerId, options.pageSize)) {
+      for (const route of page) await chunker.add(route);
     }
     return chunker.finish();
   }) as Promise<SnapshotSummary>;
@@ -263,7 +261,7 @@ class SnapshotChunker {
     return this.#summary;
   }
 
-  /** Sends the held message, flagged as followed by more, and holds `routes` instead. */
+  /** Sends the held message, flagged as followed by more, and keeps `routes` back instead. */
   async #hold(routes: string[]): Promise<void> {
     if (this.#held) await this.#send(this.#held, true);
     this.#held = routes;
@@ -291,9 +289,9 @@ export type ResumePlan =
 
 /**
  * Decides how a worker that has the table of `fromRevision` with `digest`
- * catches up: a diff when the change log still covers that revision with at
- * most `maxChanges` changes of this worker and the digest matches the table
- * the coordinator expects there, else a snapshot.
+ * catches up. It gets a diff when the change log still covers that revision,
+ * with at most `maxChanges` changes of this worker, and the digest matches
+ * the table the coordinator expects there. Otherwise it gets a snapshot.
  */
 export async function planResume(
   sql: Sql,

@@ -69,6 +69,8 @@ export class WorkerService {
   /** Reported activity not yet written, by route id; the latest report of each wins. */
   #activity = new Map<string, routeStore.RouteActivity>();
   #activityTimer: NodeJS.Timeout | undefined;
+  /** The activity write in progress; the next flush waits for it rather than pile up. */
+  #activityWrite: Promise<void> | null = null;
 
   constructor(sql: Sql, writer: Writer, heartbeat: HeartbeatSettings, log?: Logger) {
     this.#sql = sql;
@@ -215,6 +217,11 @@ export class WorkerService {
     return store.recordAck(this.#sql, key, revision, new Date(), clearsNack);
   }
 
+  /** Records the acks of many instances in one statement. */
+  recordAcks(acks: store.AckRecord[]): Promise<void> {
+    return store.recordAcks(this.#sql, acks, new Date());
+  }
+
   recordNack(key: store.InstanceKey, nack: Nack): Promise<void> {
     return store.recordNack(this.#sql, key, nack);
   }
@@ -330,17 +337,26 @@ export class WorkerService {
   async flushActivity(): Promise<void> {
     clearTimeout(this.#activityTimer);
     this.#activityTimer = undefined;
+    while (this.#activityWrite) await this.#activityWrite;
     if (this.#activity.size === 0) return;
     const items = this.#activity;
     this.#activity = new Map();
+    const write = routeStore.recordRouteActivity(this.#sql, [...items.values()]);
+    const settled = write.then(
+      () => {},
+      () => {},
+    );
+    this.#activityWrite = settled;
     try {
-      await routeStore.recordRouteActivity(this.#sql, [...items.values()]);
+      await write;
     } catch (error) {
       const fields = { err: error, routes: items.size };
       this.#log?.warn(fields, 'writing route activity failed; will retry');
       for (const [id, item] of items) if (!this.#activity.has(id)) this.#activity.set(id, item);
       this.#activityTimer ??= setTimeout(() => void this.flushActivity(), ACTIVITY_FLUSH_MS);
       this.#activityTimer.unref();
+    } finally {
+      if (this.#activityWrite === settled) this.#activityWrite = null;
     }
   }
 }

@@ -97,9 +97,9 @@ export async function workerChangesAfter(
 }
 
 /**
- * Returns the digest of a worker's table as stored, which every write
- * transaction keeps equal to the digest of the worker's routes; the empty
- * digest for an unknown worker.
+ * Returns the stored digest of a worker's table, or the empty digest for an
+ * unknown worker. Every write transaction keeps it equal to the digest of the
+ * worker's routes.
  */
 export async function readTableDigest(q: Queryable, workerId: string): Promise<string> {
   const rows = await q`

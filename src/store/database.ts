@@ -46,11 +46,24 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   return openEmbedded(options);
 }
 
+/** Maximum wait between attempts to reconnect to the database, in seconds. */
+const MAX_RECONNECT_DELAY_S = 1;
+
+/**
+ * Returns the wait before reconnect attempt `attempt`, in seconds: doubling
+ * from 50 ms up to one second. The driver's default grows to 20 s, which kept
+ * every query failing for up to 20 s after the database came back.
+ */
+export function reconnectDelayS(attempt: number): number {
+  return Math.min(0.05 * 2 ** Math.max(0, attempt - 1), MAX_RECONNECT_DELAY_S);
+}
+
 function connect(url: string, options: DatabaseOptions, prepare: boolean): Sql {
   return postgres(url, {
     max: options.poolSize,
     prepare,
     connect_timeout: options.connectTimeoutS,
+    backoff: reconnectDelayS,
     idle_timeout: 60,
     onnotice: () => {},
     types: { bigint: bigintAsNumber },

@@ -4,14 +4,38 @@ import type { Queryable } from './database.ts';
 // SQL for the routes table. Status is derived here from the worker's state
 // and acknowledged revision; it is never stored.
 
-const SELECT_ROUTE = `
-  SELECT r.*,
+const ROUTE_STATUS = `
     CASE
       WHEN w.status NOT IN ('alive', 'draining') THEN 'unavailable'
       WHEN w.applied_revision >= r.revision THEN 'active'
       ELSE 'pending'
-    END AS status
+    END`;
+
+const SELECT_ROUTE = `
+  SELECT r.*, ${ROUTE_STATUS} AS status
   FROM routes r JOIN workers w ON w.id = r.worker_id`;
+
+const ISO_TIME = `'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'`;
+
+/**
+ * A worker's routes as the JSON text that rowToRoute and JSON.stringify
+ * produce, built by PostgreSQL, so a snapshot streams text without parsing
+ * rows: the fields in the same order, times as in toISOString, and the
+ * optional fields only when set. Keep it in step with rowToRoute; a snapshot
+ * test compares them. Parameter: the worker id.
+ */
+const SELECT_WORKER_ROUTE_JSON = `
+  SELECT left(row_to_json(x)::text, -1)
+    || CASE WHEN r.idle_timeout_s IS NULL THEN '' ELSE ',"idle_timeout_s":' || r.idle_timeout_s::text END
+    || CASE WHEN r.worker_selector IS NULL THEN '' ELSE ',"worker_selector":' || r.worker_selector::text END
+    || '}' AS json
+  FROM routes r JOIN workers w ON w.id = r.worker_id,
+  LATERAL (SELECT r.id, r.session_id, r.service, r.protocol, r.mode, r.backends, r.worker_id,
+    r.port, r.subdomain, r.url, r.open_to_public, r.allowed_client_ips, r.labels,
+    ${ROUTE_STATUS} AS status, r.revision,
+    to_char(r.created_at AT TIME ZONE 'UTC', ${ISO_TIME}) AS created_at,
+    to_char(r.updated_at AT TIME ZONE 'UTC', ${ISO_TIME}) AS updated_at) x
+  WHERE r.worker_id = $1`;
 
 type Row = Record<string, unknown>;
 
@@ -198,20 +222,18 @@ export async function workerRoutes(
 }
 
 /**
- * Returns a worker's routes in revision order after `afterRevision`, at most
- * `limit`: pages of a snapshot, read along the (worker_id, revision) index.
+ * Yields a worker's routes as JSON text, `batchSize` at a time, from one
+ * query read through a cursor: one scan however large the table, and the
+ * next batch is fetched only when the consumer requests it. Run it in a transaction.
  */
-export async function workerRoutesAfterRevision(
+export async function* workerRouteTexts(
   q: Queryable,
   workerId: string,
-  afterRevision: number,
-  limit: number,
-): Promise<Route[]> {
-  const rows = await q.unsafe(
-    `${SELECT_ROUTE} WHERE r.worker_id = $1 AND r.revision > $2 ORDER BY r.revision LIMIT $3`,
-    [workerId, afterRevision, limit],
-  );
-  return rows.map(rowToRoute);
+  batchSize: number,
+): AsyncGenerator<string[]> {
+  for await (const rows of q.unsafe(SELECT_WORKER_ROUTE_JSON, [workerId]).cursor(batchSize)) {
+    yield rows.map((row) => String(row.json));
+  }
 }
 
 /** Returns the route on a worker whose last change has `revision`, if there is one. */

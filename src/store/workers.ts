@@ -136,9 +136,14 @@ export interface WorkerRegistration {
   at: Date;
 }
 
-/** Inserts a worker or replaces its registration, keeping its id and sync state. */
+/**
+ * Inserts a worker or replaces its registration, keeping its id and sync state.
+ * It locks the worker's instance rows before the worker row, the order that ack
+ * and heartbeat writes take, so a registration racing them cannot deadlock.
+ */
 export async function upsertWorker(q: Queryable, registration: WorkerRegistration): Promise<void> {
   const { id, body, generation, status, at } = registration;
+  await q`SELECT 1 FROM worker_instances WHERE worker_id = ${id} ORDER BY instance_id FOR UPDATE`;
   await q`
     INSERT INTO workers (id, authority, frontend_mode, hostname, protocols, port_first, port_last,
       wildcard_domain, advertised_port, capacity, labels, status, generation, registered_at,
@@ -227,6 +232,67 @@ export interface InstanceKey {
   workerId: string;
   instanceId: string;
   generation: number;
+}
+
+/** One instance's acknowledged revision, as `recordAcks` writes it. */
+export interface AckRecord extends InstanceKey {
+  revision: number;
+  /** Whether the ack clears the worker's last nack (when that nack is not newer). */
+  clearsNack: boolean;
+}
+
+/**
+ * Records the acks of many instances, at most one per instance, in one
+ * statement: each instance's applied revision, and per worker its last ack
+ * time, its applied revision (the lowest of its connected instances, or the
+ * highest of any when none is connected) and its last nack. The generation
+ * fences out superseded sessions. The statement reads the instance rows as
+ * they were before it, so the new revisions are substituted by hand.
+ */
+export async function recordAcks(q: Queryable, acks: AckRecord[], at: Date): Promise<void> {
+  if (acks.length === 0) return;
+  const json = JSON.stringify(
+    acks.map((ack) => ({
+      worker_id: ack.workerId,
+      instance_id: ack.instanceId,
+      generation: ack.generation,
+      revision: ack.revision,
+      clears_nack: ack.clearsNack,
+    })),
+  );
+  await q`
+    WITH ack AS (
+      SELECT * FROM jsonb_to_recordset(${json}::text::jsonb) AS t (
+        worker_id uuid, instance_id text, generation bigint, revision bigint, clears_nack boolean)
+    ),
+    instance AS (
+      UPDATE worker_instances wi SET applied_revision = ack.revision
+      FROM ack
+      WHERE wi.worker_id = ack.worker_id AND wi.instance_id = ack.instance_id
+        AND wi.generation = ack.generation
+      RETURNING wi.worker_id, wi.instance_id, ack.revision, ack.clears_nack
+    ),
+    applied AS (
+      SELECT i.worker_id, COALESCE(
+          min(COALESCE(instance.revision, i.applied_revision)) FILTER (WHERE i.coordinator_id IS NOT NULL),
+          max(COALESCE(instance.revision, i.applied_revision))) AS revision
+      FROM worker_instances i
+      LEFT JOIN instance ON instance.worker_id = i.worker_id AND instance.instance_id = i.instance_id
+      WHERE i.worker_id IN (SELECT worker_id FROM instance)
+      GROUP BY i.worker_id
+    ),
+    acked AS (
+      SELECT worker_id, max(revision) AS revision, bool_and(clears_nack) AS clears_nack
+      FROM instance GROUP BY worker_id
+    )
+    UPDATE workers w SET
+      last_ack_at = ${at},
+      applied_revision = applied.revision,
+      last_nack = CASE
+        WHEN acked.clears_nack AND (w.last_nack->>'revision')::bigint <= acked.revision THEN NULL
+        ELSE w.last_nack END
+    FROM applied JOIN acked USING (worker_id)
+    WHERE w.id = applied.worker_id`;
 }
 
 /**

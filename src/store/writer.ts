@@ -229,7 +229,7 @@ export class Writer {
       if (batch.length === 1) return settle(batch[0], { ok: false, error: toAppError(error) });
       // One job broke the shared transaction: run each alone so the others still commit.
       // NOTE: a connection lost during COMMIT leaves the outcome unknown, and the rerun
-      // may then apply a job twice (a delete answers 404 the second time).
+      // may then apply a job twice (a delete then returns 404 the second time).
       for (const queued of batch) await this.#runBatch([queued]);
       return;
     }

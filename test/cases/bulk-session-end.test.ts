@@ -5,10 +5,17 @@ import type { Route } from '../../proto/index.ts';
 import type { Sql } from '../../src/store/database.ts';
 import { Writer, type WriteTx } from '../../src/store/writer.ts';
 import { typicalRoute, type BulkWorker } from '../helpers/bulk-routes.ts';
-import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
+import type { TestCoordinator } from '../helpers/coordinator.ts';
 import { postgresSkipReason } from '../helpers/database.ts';
 import type { ScriptedWorker } from '../helpers/scripted-worker.ts';
-import { HEARTBEAT_MS, connectedWorker, eventually, sleep, tableMessages, waitInSync } from './support.ts';
+import {
+  connectedWorker,
+  sleep,
+  tableMessages,
+  waitInSync,
+  startCaseCoordinator,
+  waitUntil,
+} from './support.ts';
 
 const skip = await postgresSkipReason();
 
@@ -34,33 +41,46 @@ async function insertSessions(databaseUrl: string, workers: BulkWorker[]): Promi
   }
 }
 
-async function insertBatch(tx: WriteTx, workers: BulkWorker[], from: number, to: number): Promise<void> {
+async function insertBatch(
+  tx: WriteTx,
+  workers: BulkWorker[],
+  from: number,
+  to: number,
+): Promise<void> {
   const now = tx.now.toISOString();
   const routes: Route[] = [];
   for (let index = from; index < to; index++) {
-    const route = typicalRoute(workers[index % workers.length], index, tx.revision + routes.length + 1, now);
-    const session = Math.floor(index / ROUTES_PER_SESSION);
-    routes.push({ ...route, session_id: `end-${session}`, service: `svc-${index % ROUTES_PER_SESSION}` });
+    const worker = workers[index % workers.length];
+    const route = typicalRoute(worker, index, tx.revision + routes.length + 1, now);
+    const sessionId = `end-${Math.floor(index / ROUTES_PER_SESSION)}`;
+    routes.push({ ...route, session_id: sessionId, service: `svc-${index % ROUTES_PER_SESSION}` });
   }
   const rows = routes.map(({ status: _status, ...row }) => row);
   await tx.sql`
     INSERT INTO routes
     SELECT * FROM jsonb_populate_recordset(NULL::routes, ${JSON.stringify(rows)}::text::jsonb)`;
   for (const route of routes) {
-    tx.record({ type: 'route.created', route_id: route.id, session_id: route.session_id, worker_id: route.worker_id, route });
+    tx.record({
+      type: 'route.created',
+      route_id: route.id,
+      session_id: route.session_id,
+      worker_id: route.worker_id,
+      route,
+    });
   }
 }
 
 // Ending thousands of sessions at once empties REST and every worker table,
-// with contiguous diffs, while the coordinator keeps answering quickly.
+// with contiguous diffs, while the coordinator keeps responding quickly.
 describe('bulk session end', { skip }, () => {
   let coordinator: TestCoordinator;
   const workers: ScriptedWorker[] = [];
 
   before(async () => {
-    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS) });
-    for (const [authority, domain] of [['proxy-w1', '.w1.example.test'], ['proxy-w2', '.w2.example.test']]) {
-      workers.push(await connectedWorker(coordinator, { authority, mode: 'wildcard', wildcardDomain: domain }));
+    coordinator = await startCaseCoordinator();
+    for (const name of ['w1', 'w2']) {
+      const options = { authority: `proxy-${name}`, wildcardDomain: `.${name}.example.test` };
+      workers.push(await connectedWorker(coordinator, { ...options, mode: 'wildcard' }));
     }
     const bulk = workers.map((worker) => ({
       id: worker.id,
@@ -76,7 +96,7 @@ describe('bulk session end', { skip }, () => {
     await coordinator?.stop();
   });
 
-  test('ending every session empties REST and the worker tables', async () => {
+  test('ending every session empties all tables', async () => {
     const total = SESSION_COUNT * ROUTES_PER_SESSION;
     for (const worker of workers) assert.equal(worker.table.size, total / workers.length);
     const marks = workers.map((worker) => worker.messages.length);
@@ -105,9 +125,8 @@ describe('bulk session end', { skip }, () => {
     };
     await Promise.all(Array.from({ length: IN_FLIGHT }, lane));
     try {
-      await eventually('every worker table empty', 30_000 - (Date.now() - startedAt), () =>
-        workers.every((worker) => worker.table.size === 0) ? true : undefined,
-      );
+      const isEmpty = () => workers.every((worker) => worker.table.size === 0);
+      await waitUntil('every worker table empty', 30_000 - (Date.now() - startedAt), isEmpty);
     } finally {
       isEnding = false;
       await watchHealth;
@@ -121,7 +140,8 @@ describe('bulk session end', { skip }, () => {
       let previous = revisions[i];
       for (const message of tableMessages(worker, marks[i])) {
         assert.equal(message.type, 'diff');
-        assert.equal(message.from_revision, previous, `${worker.options.authority}: contiguous diffs`);
+        const name = worker.options.authority;
+        assert.equal(message.from_revision, previous, `${name}: contiguous diffs`);
         previous = message.revision;
       }
     }

@@ -8,7 +8,6 @@ import {
   apiClient,
   assertTableMatchesRest,
   connectedWorker,
-  freePort,
   routeBody,
   sleep,
   waitInSync,
@@ -18,7 +17,7 @@ import {
 
 const skip = await postgresSkipReason();
 
-/** Calls `request` until it gets an answer, as a manager retrying a failed call would. */
+/** Calls `request` until it gets a response, as a manager retrying a failed call would. */
 async function retryUntilAnswered(request: () => Promise<ApiResponse>, timeoutMs: number) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -32,7 +31,7 @@ async function retryUntilAnswered(request: () => Promise<ApiResponse>, timeoutMs
 }
 
 // Cleanups the manager sends around a coordinator restart reach the worker:
-// a retried one after a clean stop, and one answered just before a crash.
+// a retried one after a clean stop, and one acknowledged just before a crash.
 describe('session cleanup across a coordinator restart', { skip }, () => {
   let db: TestDatabase;
   let coordinator: CoordinatorProcess;
@@ -42,7 +41,7 @@ describe('session cleanup across a coordinator restart', { skip }, () => {
 
   before(async () => {
     db = await createTestDatabase();
-    coordinator = new CoordinatorProcess({ databaseUrl: db.url as string, dataDir: db.dataDir, port: await freePort() });
+    coordinator = await CoordinatorProcess.on(db);
     await coordinator.start();
     api = apiClient(() => coordinator.url, coordinator.tokens.manager);
     worker = await connectedWorker(coordinator, { authority: 'proxy-a' });
@@ -69,7 +68,7 @@ describe('session cleanup across a coordinator restart', { skip }, () => {
     assert.equal(route.body.status, 'active');
   }
 
-  test('a cleanup retried through a clean restart reaches the worker', async () => {
+  test('cleanup retried across restart reaches worker', async () => {
     const removed = await createSessionRoute();
     await assertKeptRouteUnchanged();
     await coordinator.stop('SIGTERM');
@@ -94,7 +93,7 @@ describe('session cleanup across a coordinator restart', { skip }, () => {
     await assertKeptRouteUnchanged();
   });
 
-  test('a cleanup answered just before a crash holds after the restart', async () => {
+  test('cleanup acknowledged before crash persists', async () => {
     const removed = await createSessionRoute();
     worker.options.ackDelayMs = 2 * HEARTBEAT_MS;
     const answered = await api('DELETE', '/sessions/s1/routes');

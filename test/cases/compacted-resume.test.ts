@@ -3,11 +3,10 @@ import { after, before, describe, test } from 'node:test';
 import postgres from 'postgres';
 import { compactChanges } from '../../src/store/changes.ts';
 import type { Sql } from '../../src/store/database.ts';
-import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
+import type { TestCoordinator } from '../helpers/coordinator.ts';
 import { postgresSkipReason } from '../helpers/database.ts';
 import type { ScriptedWorker } from '../helpers/scripted-worker.ts';
 import {
-  HEARTBEAT_MS,
   assertTableMatchesRest,
   connectedWorker,
   currentRevision,
@@ -15,6 +14,7 @@ import {
   routeBody,
   tableMessages,
   waitInSync,
+  startCaseCoordinator,
 } from './support.ts';
 
 const skip = await postgresSkipReason();
@@ -44,7 +44,7 @@ describe('resume across a compacted change log', { skip }, () => {
   let worker: ScriptedWorker;
 
   before(async () => {
-    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS) });
+    coordinator = await startCaseCoordinator();
     sql = postgres(coordinator.db.url as string, { max: 1, onnotice: () => {} }) as unknown as Sql;
     worker = await connectedWorker(coordinator, { authority: 'proxy-a' });
   });
@@ -54,26 +54,34 @@ describe('resume across a compacted change log', { skip }, () => {
     await coordinator?.stop();
   });
 
-  test('a resume from before the compaction gets a snapshot', async () => {
-    const seeded = await inParallel(10, Array.from({ length: 20 }, (_, i) => () =>
-      coordinator.api('POST', '/routes', routeBody(`seed-${i}`, 'jupyter', '192.0.2.80:8080', { worker_id: worker.id })),
-    ));
+  test('resume before compaction gets snapshot', async () => {
+    const pinned = { worker_id: worker.id };
+    const create = (sessionId: string, backend: string) => () =>
+      coordinator.api('POST', '/routes', routeBody(sessionId, 'jupyter', backend, pinned));
+    const seeded = await inParallel(
+      10,
+      Array.from({ length: 20 }, (_, i) => create(`seed-${i}`, '192.0.2.80:8080')),
+    );
     await worker.waitFor(() => worker.table.size === 20, 3000, 'seeded routes');
     await waitInSync(coordinator.api, worker.id);
     const r0 = worker.revision;
     await worker.close();
 
     // 200 changes to the worker's routes: 100 creates, 60 backend changes, 40 deletes.
-    const created = await inParallel(10, Array.from({ length: 100 }, (_, i) => () =>
-      coordinator.api('POST', '/routes', routeBody(`gone-${i}`, 'jupyter', '192.0.2.81:8080', { worker_id: worker.id })),
-    ));
+    const created = await inParallel(
+      10,
+      Array.from({ length: 100 }, (_, i) => create(`gone-${i}`, '192.0.2.81:8080')),
+    );
     assert.ok(created.every((response) => response.status === 201));
     const ids = [...seeded, ...created].map((response) => response.body.id);
     await inParallel(10, ids.slice(0, 60).map((id) => () =>
       coordinator.api('PATCH', `/routes/${id}`, { backends: [{ host: '192.0.2.82', port: 8080 }] }),
     ));
     const deleted = ids.slice(60, 100);
-    const removals = await inParallel(10, deleted.map((id) => () => coordinator.api('DELETE', `/routes/${id}`)));
+    const removals = await inParallel(
+      10,
+      deleted.map((id) => () => coordinator.api('DELETE', `/routes/${id}`)),
+    );
     assert.ok(removals.every((response) => response.status === 204));
 
     const compacted = await compactChanges(sql, { maxAgeMs: 86_400_000, maxCount: KEEP_CHANGES });
@@ -84,9 +92,10 @@ describe('resume across a compacted change log', { skip }, () => {
 
     const mark = worker.messages.length;
     await worker.connect(true);
-    await worker.waitFor(() => tableMessages(worker, mark).length > 0, 3000, 'the first table message');
+    const hasMessage = () => tableMessages(worker, mark).length > 0;
+    await worker.waitFor(hasMessage, 3000, 'the first table message');
     const [first] = tableMessages(worker, mark);
-    assert.equal(first.type, 'snapshot', `expected a snapshot, got a diff from ${first.from_revision}`);
+    assert.equal(first.type, 'snapshot', `got a diff from ${first.from_revision}`);
     const revision = await currentRevision(coordinator.api);
     assert.equal(first.revision, revision);
     await worker.waitFor(() => worker.revision === revision, 3000, 'the whole snapshot');
@@ -96,7 +105,7 @@ describe('resume across a compacted change log', { skip }, () => {
     await waitInSync(coordinator.api, worker.id);
   });
 
-  test('a resume inside the kept log gets a contiguous diff chain', async () => {
+  test('resume inside kept log gets contiguous diffs', async () => {
     await worker.close();
     const ids = [...worker.table.keys()];
     for (let i = 0; i < 5; i++) {
@@ -108,7 +117,9 @@ describe('resume across a compacted change log', { skip }, () => {
     const revision = await currentRevision(coordinator.api);
     // The disconnect took a revision too; worker events leave the table as it was.
     const between = await eventsSince(coordinator.api, worker.revision);
-    const tableChanges = between.filter((e) => e.revision <= revision - 5 && e.type.startsWith('route.'));
+    const tableChanges = between.filter(
+      (event) => event.revision <= revision - 5 && event.type.startsWith('route.'),
+    );
     assert.deepEqual(tableChanges, []);
     worker.revision = revision - 5;
 

@@ -47,7 +47,8 @@ class ThrowawayCluster {
     const { stdout: group } = await run('id', ['-g', 'postgres']);
     await chown(directory, Number(stdout), Number(group));
     const cluster = new ThrowawayCluster(directory, await freePort());
-    await cluster.#asPostgres('initdb', ['-D', cluster.dataDir, '--auth=trust', '-U', 'postgres', '--no-sync']);
+    const options = ['-D', cluster.dataDir, '--auth=trust', '-U', 'postgres', '--no-sync'];
+    await cluster.#asPostgres('initdb', options);
     await cluster.start();
     return cluster;
   }
@@ -61,8 +62,15 @@ class ThrowawayCluster {
   }
 
   async start(): Promise<void> {
-    const options = `-p ${this.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=${this.directory} -c fsync=off`;
-    await this.#asPostgres('pg_ctl', ['-D', this.dataDir, '-o', options, '-l', path.join(this.directory, 'log'), '-w', 'start']);
+    const settings = [
+      `-p ${this.port}`,
+      '-c listen_addresses=127.0.0.1',
+      `-c unix_socket_directories=${this.directory}`,
+      '-c fsync=off',
+    ].join(' ');
+    const log = path.join(this.directory, 'log');
+    const args = ['-D', this.dataDir, '-o', settings, '-l', log, '-w', 'start'];
+    await this.#asPostgres('pg_ctl', args);
   }
 
   async stop(): Promise<void> {
@@ -75,7 +83,8 @@ class ThrowawayCluster {
   }
 
   #asPostgres(command: string, args: string[]) {
-    return run('runuser', ['-u', 'postgres', '--', command, ...args], { cwd: this.directory, timeout: 60_000 });
+    const options = { cwd: this.directory, timeout: 60_000 };
+    return run('runuser', ['-u', 'postgres', '--', command, ...args], options);
   }
 }
 
@@ -86,7 +95,8 @@ async function clusterSkipReason(): Promise<string | undefined> {
     await run('runuser', ['-u', 'postgres', '--', 'pg_ctl', '--version']);
     return undefined;
   } catch (error) {
-    return `needs initdb and pg_ctl run as the postgres user through runuser: ${(error as Error).message.split('\n')[0]}`;
+    const reason = (error as Error).message.split('\n')[0];
+    return `needs initdb and pg_ctl run as the postgres user through runuser: ${reason}`;
   }
 }
 
@@ -114,10 +124,14 @@ describe('database outage', { skip }, () => {
     });
     await coordinator.start();
     api = apiClient(() => coordinator.url, coordinator.tokens.manager);
-    workers.push(await connectedWorker(coordinator, { authority: 'proxy-a', portRange: [20000, 20099] }));
-    workers.push(await connectedWorker(coordinator, { authority: 'proxy-b', portRange: [20100, 20199] }));
+    const ranges: Array<[number, number]> = [[20000, 20099], [20100, 20199]];
+    for (const [i, portRange] of ranges.entries()) {
+      workers.push(await connectedWorker(coordinator, { authority: `proxy-${i}`, portRange }));
+    }
     for (let i = 0; i < 3; i++) {
-      assert.equal((await api('POST', '/routes', routeBody(`s${i}`, 'jupyter', '192.0.2.150:8080'))).status, 201);
+      const body = routeBody(`s${i}`, 'jupyter', '192.0.2.150:8080');
+      const created = await api('POST', '/routes', body);
+      assert.equal(created.status, 201);
     }
     routeCount = 3;
     for (const worker of workers) await waitInSync(api, worker.id);
@@ -134,14 +148,15 @@ describe('database outage', { skip }, () => {
       SELECT pg_terminate_backend(pid) FROM pg_stat_activity
       WHERE datname = 'appproxy' AND pid <> pg_backend_pid()`;
     const startedAt = Date.now();
-    let created = await api('POST', '/routes', routeBody('after-drop', 'jupyter', '192.0.2.151:8080'));
-    if (created.status !== 201) created = await api('POST', '/routes', routeBody('after-drop', 'jupyter', '192.0.2.151:8080'));
+    const body = routeBody('after-drop', 'jupyter', '192.0.2.151:8080');
+    let created = await api('POST', '/routes', body);
+    if (created.status !== 201) created = await api('POST', '/routes', body);
     assert.equal(created.status, 201, JSON.stringify(created.body));
     assert.ok(Date.now() - startedAt <= 5000);
     routeCount += 1;
   });
 
-  test('a stopped database fails writes fast and loses no worker', async () => {
+  test('stopped database fails fast, loses no worker', async () => {
     const before = (await api('GET', '/health')).body.revision;
     await admin.end({ timeout: 1 });
     await cluster.stop();
@@ -151,13 +166,16 @@ describe('database outage', { skip }, () => {
     const write = await api('POST', '/routes', routeBody('during', 'jupyter', '192.0.2.152:8080'));
     assert.equal(write.status, 503);
     assert.equal(write.headers.get('content-type'), 'application/problem+json');
-    assert.ok(Date.now() - writeStartedAt <= 2000, `the write failed after ${Date.now() - writeStartedAt} ms`);
+    const writeMs = Date.now() - writeStartedAt;
+    assert.ok(writeMs <= 2000, `the write failed after ${writeMs} ms`);
     const health = await api('GET', '/health');
     assert.equal(health.status, 503);
     assert.equal(health.body.db, 'down');
 
     await sleep(OUTAGE_MS - (Date.now() - stoppedAt));
-    for (const worker of workers) assert.equal(worker.closeCode, null, `${worker.options.authority} kept its socket`);
+    for (const worker of workers) {
+      assert.equal(worker.closeCode, null, `${worker.options.authority} kept its socket`);
+    }
     await cluster.start();
     const restartedAt = Date.now();
 
@@ -166,18 +184,22 @@ describe('database outage', { skip }, () => {
       return response.status === 200 && response.body.db === 'up' ? true : undefined;
     });
     const created = await eventually('a create', 10_000 - (Date.now() - restartedAt), async () => {
-      const response = await api('POST', '/routes', routeBody('after-outage', 'jupyter', '192.0.2.153:8080'));
+      const body = routeBody('after-outage', 'jupyter', '192.0.2.153:8080');
+      const response = await api('POST', '/routes', body);
       return response.status === 201 ? response : undefined;
     });
     assert.equal(created.status, 201);
     routeCount += 1;
     const upAt = Date.now();
-    for (const worker of workers) await waitInSync(api, worker.id, 2 * HEARTBEAT_MS - (Date.now() - upAt));
+    for (const worker of workers) {
+      await waitInSync(api, worker.id, 2 * HEARTBEAT_MS - (Date.now() - upAt));
+    }
 
-    // One full lost deadline after the database came back, still nobody is lost.
+    // One full lost deadline after the database came back, still no worker is lost.
     await sleep(3 * HEARTBEAT_MS + 1000 - (Date.now() - restartedAt));
     const events = await eventsSince(api, before);
-    const bad = events.filter((e) => ['worker.lost', 'route.deleted', 'route.moved'].includes(e.type));
+    const badTypes = ['worker.lost', 'route.deleted', 'route.moved'];
+    const bad = events.filter((event) => badTypes.includes(event.type));
     assert.deepEqual(bad, []);
     for (const worker of workers) {
       const state = await api('GET', `/workers/${worker.id}`);

@@ -9,7 +9,7 @@ import { parseConfig } from '../../src/coordinator/config.ts';
 import { startCoordinator, type Coordinator } from '../../src/coordinator/coordinator.ts';
 import { compactChanges } from '../../src/store/changes.ts';
 import type { Sql } from '../../src/store/database.ts';
-import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
+import type { TestCoordinator } from '../helpers/coordinator.ts';
 import { postgresSkipReason } from '../helpers/database.ts';
 import type { ScriptedWorker } from '../helpers/scripted-worker.ts';
 import {
@@ -19,10 +19,11 @@ import {
   connectedWorker,
   currentRevision,
   eventsSince,
-  eventually,
   routeBody,
   sleep,
   type Api,
+  startCaseCoordinator,
+  waitUntil,
 } from './support.ts';
 
 const skip = await postgresSkipReason();
@@ -39,7 +40,9 @@ class StreamClient {
     this.#socket = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/events/stream${query}`, {
       headers: { authorization: `Bearer ${token}` },
     });
-    this.#socket.on('message', (data) => this.frames.push({ event: JSON.parse(String(data)), at: Date.now() }));
+    this.#socket.on('message', (data) => {
+      this.frames.push({ event: JSON.parse(String(data)), at: Date.now() });
+    });
     this.#socket.on('close', (code, reason) => {
       this.closeCode = code;
       this.closeReason = String(reason);
@@ -80,7 +83,8 @@ class Tail {
   readonly #child: ChildProcess;
 
   constructor(baseUrl: string, token: string, since: number) {
-    this.#child = spawn(path.join(ROOT, 'bin', 'appproxy'), ['tail', '--json', '--since', String(since)], {
+    const args = ['tail', '--json', '--since', String(since)];
+    this.#child = spawn(path.join(ROOT, 'bin', 'appproxy'), args, {
       env: { ...process.env, APPPROXY_COORDINATOR_URL: baseUrl, APPPROXY_READ_TOKEN: token },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -100,20 +104,21 @@ class Tail {
 
 /** Makes `count` route changes from `writers` parallel writers: creates, PATCHes, deletes. */
 async function churn(api: Api, prefix: string, count: number, writers = 8): Promise<void> {
-  let made = 0;
+  let changeCount = 0;
   const lane = async (laneIndex: number) => {
-    for (let round = 0; made < count; round++) {
+    for (let round = 0; changeCount < count; round++) {
       const session = `${prefix}-${laneIndex}-${round}`;
       const created = await api('POST', '/routes', routeBody(session, 'web', '192.0.2.100:8080'));
       assert.equal(created.status, 201);
-      made += 1;
-      if (made >= count) return;
-      const patched = await api('PATCH', `/routes/${created.body.id}`, { backends: [{ host: '192.0.2.101', port: 8080 }] });
+      changeCount += 1;
+      if (changeCount >= count) return;
+      const backends = [{ host: '192.0.2.101', port: 8080 }];
+      const patched = await api('PATCH', `/routes/${created.body.id}`, { backends });
       assert.equal(patched.status, 200);
-      made += 1;
-      if (made >= count || round % 2 === 1) continue;
+      changeCount += 1;
+      if (changeCount >= count || round % 2 === 1) continue;
       assert.equal((await api('DELETE', `/routes/${created.body.id}`)).status, 204);
-      made += 1;
+      changeCount += 1;
     }
   };
   await Promise.all(Array.from({ length: writers }, (_, i) => lane(i)));
@@ -124,7 +129,7 @@ function summary(event: any): string {
 }
 
 // The live event stream delivers every event in revision order, or closes
-// with a code that says why; it never skips events silently.
+// with a code that gives the reason. It never skips events silently.
 describe('event stream without gaps', { skip }, () => {
   let coordinator: TestCoordinator;
   let worker: ScriptedWorker;
@@ -132,7 +137,7 @@ describe('event stream without gaps', { skip }, () => {
   let lastSeen = 0;
 
   before(async () => {
-    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS) });
+    coordinator = await startCaseCoordinator();
     api = coordinator.api;
     worker = await connectedWorker(coordinator, { authority: 'proxy-w', mode: 'wildcard' });
   });
@@ -141,32 +146,32 @@ describe('event stream without gaps', { skip }, () => {
     await coordinator?.stop();
   });
 
-  test('a slow subscriber and tail get every event in order', async () => {
+  test('slow subscriber and tail miss nothing', async () => {
     const start = await currentRevision(api);
     const subscriber = new StreamClient(coordinator.url, coordinator.tokens.read, start);
     await subscriber.opened();
     const tail = new Tail(coordinator.url, coordinator.tokens.read, start);
     try {
-      // The subscriber reads nothing while 2,000 changes are made, then catches up.
+      // The subscriber reads nothing during 2,000 changes, then catches up.
       subscriber.pause();
       await churn(api, 'slow', 2000);
       const end = await currentRevision(api);
       subscriber.resume();
-      await eventually('the subscriber caught up or closed', 30_000, () =>
-        subscriber.revisions.at(-1) === end || subscriber.closeCode !== null ? true : undefined,
-      );
+      const isDone = () => subscriber.revisions.at(-1) === end || subscriber.closeCode !== null;
+      await waitUntil('the subscriber caught up or closed', 30_000, isDone);
       const stored = (await eventsSince(api, start)).filter((e) => e.revision <= end);
       const received = subscriber.frames.map((frame) => summary(frame.event));
       if (subscriber.closeCode !== null) {
         assert.equal(subscriber.closeCode, 4429, subscriber.closeReason);
-        assert.match(subscriber.closeReason, new RegExp(`\\b${subscriber.revisions.at(-1) ?? start}\\b`));
+        const lastDelivered = subscriber.revisions.at(-1) ?? start;
+        assert.match(subscriber.closeReason, new RegExp(`\\b${lastDelivered}\\b`));
         assert.deepEqual(received, stored.slice(0, received.length).map(summary));
       } else {
         assert.deepEqual(received, stored.map(summary));
       }
       lastSeen = subscriber.revisions.at(-1) ?? start;
 
-      await eventually('tail caught up', 30_000, () => (tail.lines.at(-1)?.revision === end ? true : undefined));
+      await waitUntil('tail caught up', 30_000, () => tail.lines.at(-1)?.revision === end);
       assert.deepEqual(tail.lines.map(summary), stored.map(summary));
     } finally {
       tail.stop();
@@ -174,7 +179,7 @@ describe('event stream without gaps', { skip }, () => {
     }
   });
 
-  test('a subscriber that reconnects from its last revision misses nothing', async () => {
+  test('reconnect from last revision misses nothing', async () => {
     await churn(api, 'missed', 500);
     const missedUpTo = await currentRevision(api);
     const missed = (await eventsSince(api, lastSeen)).filter((e) => e.revision <= missedUpTo);
@@ -186,14 +191,15 @@ describe('event stream without gaps', { skip }, () => {
     try {
       await churn(api, 'live', 20, 2);
       const end = await currentRevision(api);
-      await eventually('the subscriber caught up', 10_000, () => (subscriber.revisions.at(-1) === end ? true : undefined));
+      const isCaughtUp = () => subscriber.revisions.at(-1) === end;
+      await waitUntil('the subscriber caught up', 10_000, isCaughtUp);
       const all = (await eventsSince(api, lastSeen)).filter((e) => e.revision <= end);
       assert.deepEqual(
         subscriber.frames.slice(0, missed.length).map((frame) => summary(frame.event)),
         missed.map(summary),
       );
       assert.deepEqual(subscriber.frames.map((frame) => summary(frame.event)), all.map(summary));
-      await eventually('tail caught up', 10_000, () => (tail.lines.at(-1)?.revision === end ? true : undefined));
+      await waitUntil('tail caught up', 10_000, () => tail.lines.at(-1)?.revision === end);
       assert.deepEqual(tail.lines.map(summary), all.map(summary));
     } finally {
       tail.stop();
@@ -201,7 +207,7 @@ describe('event stream without gaps', { skip }, () => {
     }
   });
 
-  test('a since older than the log keeps is an explicit error', async () => {
+  test('compacted since is an explicit error', async () => {
     const first = await api('POST', '/routes', routeBody('edge-1', 'web', '192.0.2.102:8080'));
     const second = await api('POST', '/routes', routeBody('edge-2', 'web', '192.0.2.103:8080'));
     assert.equal((await api('DELETE', `/routes/${first.body.id}`)).status, 204);
@@ -210,40 +216,44 @@ describe('event stream without gaps', { skip }, () => {
     const above = await currentRevision(api);
 
     // Compact exactly through the first delete: the second stays just above the cut.
-    const sql = postgres(coordinator.db.url as string, { max: 1, onnotice: () => {} }) as unknown as Sql;
+    const url = coordinator.db.url as string;
+    const sql = postgres(url, { max: 1, onnotice: () => {} }) as unknown as Sql;
     try {
       await compactChanges(sql, { maxAgeMs: 86_400_000, maxCount: above - below });
     } finally {
       await sql.end();
     }
 
-    const gone = await api('GET', `/events?since=${below - 1}`);
-    assert.equal(gone.status, 410);
-    assert.equal(gone.headers.get('content-type'), 'application/problem+json');
-    assert.equal(gone.body.oldest_revision, below + 1);
+    const compacted = await api('GET', `/events?since=${below - 1}`);
+    assert.equal(compacted.status, 410);
+    assert.equal(compacted.headers.get('content-type'), 'application/problem+json');
+    assert.equal(compacted.body.oldest_revision, below + 1);
 
     const stream = new StreamClient(coordinator.url, coordinator.tokens.read, below - 1);
-    await eventually('the stream closed', 5000, () => (stream.closeCode !== null ? true : undefined));
+    await waitUntil('the stream closed', 5000, () => stream.closeCode !== null);
     assert.equal(stream.closeCode, 4410);
     assert.match(stream.closeReason, new RegExp(`\\b${below + 1}\\b`));
     assert.deepEqual(stream.frames, []);
 
-    const kept = await api('GET', `/events?since=${below}`);
-    assert.equal(kept.status, 200);
+    const keptEvents = await api('GET', `/events?since=${below}`);
+    assert.equal(keptEvents.status, 200);
     assert.deepEqual(
-      kept.body.events.filter((e: any) => e.type === 'route.deleted').map((e: any) => e.route.id),
+      keptEvents.body.events
+        .filter((event: any) => event.type === 'route.deleted')
+        .map((event: any) => event.route.id),
       [second.body.id],
     );
     const replay = new StreamClient(coordinator.url, coordinator.tokens.read, below);
     await replay.opened();
-    await eventually('the replay', 5000, () => (replay.revisions.includes(above) ? true : undefined));
+    await waitUntil('the replay', 5000, () => replay.revisions.includes(above));
     assert.equal(replay.frames[0].event.type, 'route.deleted');
     assert.equal(replay.frames[0].event.route.id, second.body.id);
     await replay.close();
   });
 
-  test('a subscriber on another coordinator gets writes within a second', async () => {
-    const config = parseConfig(['--port', '0', '--data-dir', coordinator.db.dataDir, '--log-level', 'silent'], {
+  test('other coordinator streams writes within 1 s', async () => {
+    const args = ['--port', '0', '--data-dir', coordinator.db.dataDir, '--log-level', 'silent'];
+    const config = parseConfig(args, {
       DATABASE_URL: coordinator.db.url,
       APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS),
       APPPROXY_MANAGER_TOKEN: coordinator.tokens.manager,
@@ -261,12 +271,14 @@ describe('event stream without gaps', { skip }, () => {
         await sleep(50);
       }
       const end = await currentRevision(api);
-      await eventually('the remote subscriber caught up', 5000, () => (subscriber.revisions.at(-1) === end ? true : undefined));
+      const isCaughtUp = () => subscriber.revisions.at(-1) === end;
+      await waitUntil('the remote subscriber caught up', 5000, isCaughtUp);
       const stored = (await eventsSince(api, start)).filter((e) => e.revision <= end);
       assert.deepEqual(subscriber.frames.map((frame) => summary(frame.event)), stored.map(summary));
       for (const frame of subscriber.frames) {
         const lagMs = frame.at - Date.parse(frame.event.at);
-        assert.ok(lagMs <= 1000, `revision ${frame.event.revision} arrived ${lagMs} ms after its commit`);
+        const revision = frame.event.revision;
+        assert.ok(lagMs <= 1000, `revision ${revision} arrived ${lagMs} ms after its commit`);
       }
       await subscriber.close();
     } finally {

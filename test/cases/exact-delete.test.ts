@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
+import type { TestCoordinator } from '../helpers/coordinator.ts';
 import { postgresSkipReason } from '../helpers/database.ts';
 import type { ScriptedWorker } from '../helpers/scripted-worker.ts';
 import {
-  HEARTBEAT_MS,
   connectedWorker,
   currentRevision,
   eventsSince,
@@ -12,6 +11,7 @@ import {
   routeBody,
   tableMessages,
   waitInSync,
+  startCaseCoordinator,
 } from './support.ts';
 
 const skip = await postgresSkipReason();
@@ -36,7 +36,7 @@ describe('deletes remove only their target', { skip }, () => {
   let startRevision = 0;
 
   before(async () => {
-    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS) });
+    coordinator = await startCaseCoordinator();
     worker = await connectedWorker(coordinator, { authority: 'proxy-a' });
     startRevision = await currentRevision(coordinator.api);
     for (const [index, [session, service]] of ROUTES.entries()) {
@@ -54,7 +54,7 @@ describe('deletes remove only their target', { skip }, () => {
     await coordinator?.stop();
   });
 
-  test('deleting one route by id removes exactly that id', async () => {
+  test('route delete removes exactly one id', async () => {
     const id = ids.get('u1/jupyter') as string;
     const mark = worker.messages.length;
     assert.equal((await coordinator.api('DELETE', `/routes/${id}`)).status, 204);
@@ -69,7 +69,7 @@ describe('deletes remove only their target', { skip }, () => {
     assert.equal(again.headers.get('content-type'), 'application/problem+json');
   });
 
-  test('ending a session matches its whole id, never a prefix or pattern', async () => {
+  test('session delete matches the whole id', async () => {
     const u1 = await coordinator.api('DELETE', '/sessions/u1/routes');
     assert.equal(u1.status, 200);
     assert.deepEqual(u1.body, { deleted: 1 });
@@ -86,8 +86,9 @@ describe('deletes remove only their target', { skip }, () => {
     assert.deepEqual(await eventsSince(coordinator.api, before), []);
   });
 
-  test('the neighbours remain untouched in REST and on the worker', async () => {
-    const kept = ['u10/jupyter', 'u1.named/jupyter', 'uX1/jupyter'].map((key) => ids.get(key) as string);
+  test('neighbour routes stay untouched', async () => {
+    const keys = ['u10/jupyter', 'u1.named/jupyter', 'uX1/jupyter'];
+    const kept = keys.map((key) => ids.get(key) as string);
     await worker.waitFor(() => worker.table.size === kept.length, 1000, 'the worker table');
     assert.deepEqual([...worker.table.keys()].sort(), [...kept].sort());
     const rest = await listAll(coordinator.api, '/routes');

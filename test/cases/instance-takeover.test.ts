@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
+import type { TestCoordinator } from '../helpers/coordinator.ts';
 import { postgresSkipReason } from '../helpers/database.ts';
 import type { ScriptedWorker } from '../helpers/scripted-worker.ts';
 import {
@@ -13,6 +13,7 @@ import {
   sleep,
   tableMessages,
   waitInSync,
+  startCaseCoordinator,
 } from './support.ts';
 
 const skip = await postgresSkipReason();
@@ -28,7 +29,7 @@ describe('instance takeover', { skip }, () => {
   const workers: ScriptedWorker[] = [];
 
   before(async () => {
-    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS) });
+    coordinator = await startCaseCoordinator();
   });
   after(async () => {
     for (const worker of workers) worker.kill();
@@ -44,7 +45,8 @@ describe('instance takeover', { skip }, () => {
   async function createRoutes(workerId: string, session: string, count: number): Promise<string[]> {
     const ids: string[] = [];
     for (let i = 0; i < count; i++) {
-      const body = routeBody(session, `svc-${i}`, `192.0.2.${60 + i}:8080`, { worker_id: workerId });
+      const backend = `192.0.2.${60 + i}:8080`;
+      const body = routeBody(session, `svc-${i}`, backend, { worker_id: workerId });
       const created = await coordinator.api('POST', '/routes', body);
       assert.equal(created.status, 201);
       ids.push(created.body.id);
@@ -52,7 +54,7 @@ describe('instance takeover', { skip }, () => {
     return ids;
   }
 
-  test('a replacement with the same instance id takes over a healthy one', async () => {
+  test('replacement takes over a healthy instance', async () => {
     const first = instance('proxy-a', 'p1', [20000, 20099]);
     const registered = await first.register();
     await first.connect();
@@ -83,7 +85,7 @@ describe('instance takeover', { skip }, () => {
     const after = await coordinator.api('GET', `/workers/${first.id}`);
     assert.equal(after.body.last_heartbeat_at, fenced.body.last_heartbeat_at);
     assert.equal(after.body.applied_revision, fenced.body.applied_revision);
-    assert.equal(after.body.connected, false, 'no open session remains before the replacement connects');
+    assert.equal(after.body.connected, false, 'no session is open until the replacement connects');
     const stale = scriptedWorker(coordinator, { authority: 'proxy-a' });
     stale.registration = oldRegistration;
     await assert.rejects(stale.connect(), /upgrade 401/);
@@ -112,7 +114,7 @@ describe('instance takeover', { skip }, () => {
     assert.deepEqual(bad, []);
   });
 
-  test('a replacement takes over a frozen process without waiting for the deadline', async () => {
+  test('replacement takes over a frozen instance at once', async () => {
     const first = instance('proxy-b', 'p1', [20100, 20199]);
     await first.register();
     await first.connect();
@@ -131,15 +133,18 @@ describe('instance takeover', { skip }, () => {
     assert.equal(worker.body.status, 'alive');
   });
 
-  test('of two processes registering one instance at once, only the newer stays', async () => {
-    const base = await connectedWorker(coordinator, { authority: 'proxy-race', instanceId: 'r1', portRange: [20200, 20299] });
+  test('concurrent registrations keep only the newer', async () => {
+    const portRange: [number, number] = [20200, 20299];
+    const options = { authority: 'proxy-race', instanceId: 'r1', portRange };
+    const base = await connectedWorker(coordinator, options);
     workers.push(base);
     await createRoutes(base.id, 's3', 1);
     await base.close();
     for (let round = 0; round < RACE_ROUNDS; round++) {
       const pair = [0, 1].map(() => instance('proxy-race', 'r1', [20200, 20299]));
       const registrations = await Promise.all(pair.map((worker) => worker.register()));
-      const [older, newer] = registrations[0].generation < registrations[1].generation ? pair : [pair[1], pair[0]];
+      const isFirstOlder = registrations[0].generation < registrations[1].generation;
+      const [older, newer] = isFirstOlder ? pair : [pair[1], pair[0]];
       assert.notEqual(registrations[0].generation, registrations[1].generation);
 
       const outcomes = await Promise.allSettled(pair.map((worker) => worker.connect()));

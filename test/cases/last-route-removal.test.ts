@@ -1,16 +1,16 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { EMPTY_DIGEST } from '../../proto/index.ts';
-import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
+import type { TestCoordinator } from '../helpers/coordinator.ts';
 import { postgresSkipReason } from '../helpers/database.ts';
 import type { ScriptedWorker } from '../helpers/scripted-worker.ts';
 import {
-  HEARTBEAT_MS,
   connectedWorker,
   currentRevision,
   routeBody,
   tableMessages,
   waitInSync,
+  startCaseCoordinator,
 } from './support.ts';
 
 const skip = await postgresSkipReason();
@@ -21,7 +21,7 @@ describe('last route removal', { skip }, () => {
   let worker: ScriptedWorker;
 
   before(async () => {
-    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS) });
+    coordinator = await startCaseCoordinator();
     worker = await connectedWorker(coordinator, { authority: 'proxy-a' });
   });
   after(async () => {
@@ -31,7 +31,8 @@ describe('last route removal', { skip }, () => {
 
   /** Creates one route for s1 and waits until the worker is in sync with it. */
   async function createOnlyRoute(): Promise<string> {
-    const created = await coordinator.api('POST', '/routes', routeBody('s1', 'jupyter', '192.0.2.10:8080'));
+    const body = routeBody('s1', 'jupyter', '192.0.2.10:8080');
+    const created = await coordinator.api('POST', '/routes', body);
     assert.equal(created.status, 201);
     await worker.waitFor(() => worker.table.has(created.body.id), 2000, 'the route');
     await waitInSync(coordinator.api, worker.id);
@@ -59,7 +60,7 @@ describe('last route removal', { skip }, () => {
     assert.equal(state.body.applied_revision, revision);
   }
 
-  test('deleting the only route empties the worker table', async () => {
+  test('deleting the only route empties the table', async () => {
     const id = await createOnlyRoute();
     const mark = worker.messages.length;
     const removed = await coordinator.api('DELETE', `/routes/${id}`);
@@ -67,7 +68,7 @@ describe('last route removal', { skip }, () => {
     await assertEmptied(id, mark, Date.now());
   });
 
-  test('a fresh session on an empty table gets an empty snapshot', async () => {
+  test('fresh session gets an empty snapshot', async () => {
     await worker.close();
     const registration = await worker.register();
     assert.deepEqual(registration.routes, []);
@@ -82,7 +83,7 @@ describe('last route removal', { skip }, () => {
     assert.equal(snapshot.digest, EMPTY_DIGEST);
   });
 
-  test('ending the session of the only route empties the worker table', async () => {
+  test('ending the only session empties the table', async () => {
     const id = await createOnlyRoute();
     const mark = worker.messages.length;
     const cleaned = await coordinator.api('DELETE', '/sessions/s1/routes');

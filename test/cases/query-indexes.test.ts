@@ -6,14 +6,18 @@ import { CreateRouteBodySchema } from '../../proto/index.ts';
 import { RouteService } from '../../src/services/routes.ts';
 import type { Sql } from '../../src/store/database.ts';
 import { Writer } from '../../src/store/writer.ts';
-import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
+import type { TestCoordinator } from '../helpers/coordinator.ts';
 import { postgresSkipReason } from '../helpers/database.ts';
 import type { ScriptedWorker } from '../helpers/scripted-worker.ts';
-import { HEARTBEAT_MS, connectedWorker, routeBody } from './support.ts';
+import {
+  connectedWorker,
+  routeBody,
+  startCaseCoordinator,
+} from './support.ts';
 
 const skip = await postgresSkipReason();
 
-/** Tables that grow with the number of routes; a full scan of them grows too. */
+/** Tables that grow with the number of routes, so a full scan of them grows too. */
 const LARGE_TABLES = ['routes', 'changes'];
 
 interface Statement {
@@ -21,13 +25,14 @@ interface Statement {
   values: unknown[];
 }
 
-/** A create body with the defaults the REST layer applies. */
+/** Builds a create body with the defaults the REST layer applies. */
 function createBody(sessionId: string, service: string, extra: Record<string, unknown>) {
   return v.parse(CreateRouteBodySchema, routeBody(sessionId, service, '192.0.2.131:8080', extra));
 }
 
 function mentionsLargeTable(text: string): boolean {
-  return LARGE_TABLES.some((table) => new RegExp(`\\b(FROM|JOIN|UPDATE)\\s+${table}\\b`, 'i').test(text));
+  const reads = (table: string) => new RegExp(`\\b(FROM|JOIN|UPDATE)\\s+${table}\\b`, 'i');
+  return LARGE_TABLES.some((table) => reads(table).test(text));
 }
 
 /**
@@ -57,7 +62,7 @@ describe('route queries use indexes', { skip }, () => {
   let captured: Statement[] = [];
 
   before(async () => {
-    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS) });
+    coordinator = await startCaseCoordinator();
     portWorker = await connectedWorker(coordinator, { authority: 'proxy-a' });
     wildcardWorker = await connectedWorker(coordinator, { authority: 'proxy-w', mode: 'wildcard' });
     sql = postgres(coordinator.db.url as string, {
@@ -69,7 +74,8 @@ describe('route queries use indexes', { skip }, () => {
     writer = new Writer(sql, { maxBatch: 10, timeoutMs: 5000, onCommit: () => {} });
     routes = new RouteService(sql, writer);
     for (let i = 0; i < 20; i++) {
-      const created = await coordinator.api('POST', '/routes', routeBody(`fill-${i}`, 'jupyter', '192.0.2.130:8080'));
+      const body = routeBody(`fill-${i}`, 'jupyter', '192.0.2.130:8080');
+      const created = await coordinator.api('POST', '/routes', body);
       assert.equal(created.status, 201);
     }
   });
@@ -93,7 +99,8 @@ describe('route queries use indexes', { skip }, () => {
       if (/^\s*INSERT\b/i.test(statement.text)) continue;
       const plan = await sql.begin(async (tx) => {
         await tx`SET LOCAL enable_seqscan = off`;
-        const [row] = await tx.unsafe(`EXPLAIN (FORMAT JSON) ${statement.text}`, statement.values as never[]);
+        const explain = `EXPLAIN (FORMAT JSON) ${statement.text}`;
+        const [row] = await tx.unsafe(explain, statement.values as never[]);
         return row['QUERY PLAN'][0].Plan;
       });
       const query = statement.text.replace(/\s+/g, ' ').trim();
@@ -101,7 +108,7 @@ describe('route queries use indexes', { skip }, () => {
     }
   }
 
-  test('creating routes on port and wildcard workers', async () => {
+  test('route creates use indexes', async () => {
     await assertIndexed(
       await capture(async () => {
         await routes.create(createBody('s1', 'jupyter', { worker_id: portWorker.id }));
@@ -111,12 +118,12 @@ describe('route queries use indexes', { skip }, () => {
     );
   });
 
-  test('service discovery of one session', async () => {
+  test('session discovery uses indexes', async () => {
     await assertIndexed(await capture(() => routes.sessionRoutes('s1')));
     await assertIndexed(await capture(() => routes.list({ session_id: 's1' }, 100)));
   });
 
-  test('ending one session', async () => {
+  test('session cleanup uses indexes', async () => {
     await assertIndexed(await capture(() => routes.removeSession('s1')));
   });
 });

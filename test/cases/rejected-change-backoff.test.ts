@@ -12,7 +12,6 @@ import {
   apiClient,
   connectedWorker,
   eventually,
-  freePort,
   routeBody,
   sleep,
   type Api,
@@ -46,12 +45,13 @@ describe('rejected change backoff', { skip }, () => {
   let rejected: any;
   /** Arrival time of every snapshot and diff the rejecting worker got. */
   const received: Array<{ at: number; message: Record<string, any> }> = [];
-  const arrivalsOf = (id: string) => received.filter((r) => carries(r.message, id)).map((r) => r.at);
+  const arrivalsOf = (id: string) =>
+    received.filter((item) => carries(item.message, id)).map((item) => item.at);
   let arrivals: number[] = [];
 
   before(async () => {
     db = await createTestDatabase();
-    coordinator = new CoordinatorProcess({ databaseUrl: db.url as string, dataDir: db.dataDir, port: await freePort() });
+    coordinator = await CoordinatorProcess.on(db);
     await coordinator.start();
     api = apiClient(() => coordinator.url, coordinator.tokens.manager);
     rejecting = await connectedWorker(coordinator, {
@@ -61,7 +61,8 @@ describe('rejected change backoff', { skip }, () => {
         return carriesPort9(message) ? 'port 9 refused' : undefined;
       },
     });
-    healthy = await connectedWorker(coordinator, { authority: 'proxy-b', portRange: [21000, 21999] });
+    const range: [number, number] = [21000, 21999];
+    healthy = await connectedWorker(coordinator, { authority: 'proxy-b', portRange: range });
   });
   after(async () => {
     rejecting?.kill();
@@ -72,12 +73,17 @@ describe('rejected change backoff', { skip }, () => {
 
   async function status(): Promise<string> {
     const { stdout } = await run(path.join(ROOT, 'bin', 'appproxy'), ['status'], {
-      env: { ...process.env, APPPROXY_COORDINATOR_URL: coordinator.url, APPPROXY_READ_TOKEN: coordinator.tokens.read, NO_COLOR: '1' },
+      env: {
+        ...process.env,
+        APPPROXY_COORDINATOR_URL: coordinator.url,
+        APPPROXY_READ_TOKEN: coordinator.tokens.read,
+        NO_COLOR: '1',
+      },
     });
     return stdout;
   }
 
-  test('a rejected route is resent with a growing backoff', async () => {
+  test('rejected route resent with growing backoff', async () => {
     const created = await api('POST', '/routes', {
       session_id: 's1',
       service: 'svc',
@@ -88,7 +94,8 @@ describe('rejected change backoff', { skip }, () => {
     rejected = created.body;
     const watchStart = Date.now();
 
-    const other = await api('POST', '/routes', routeBody('s2', 'svc', '192.0.2.41:8080', { worker_id: healthy.id }));
+    const otherBody = routeBody('s2', 'svc', '192.0.2.41:8080', { worker_id: healthy.id });
+    const other = await api('POST', '/routes', otherBody);
     assert.equal(other.status, 201);
     await eventually('the other worker route active', 1000, async () => {
       const route = await api('GET', `/routes/${other.body.id}`);
@@ -114,7 +121,7 @@ describe('rejected change backoff', { skip }, () => {
     assert.ok(worker.body.last_nack.revision >= rejected.revision);
   });
 
-  test('status and the log show the rejection, rate-limited', async () => {
+  test('status and log show the rejection', async () => {
     const worker = await api('GET', `/workers/${rejecting.id}`);
     const text = await status();
     const line = text.split('\n').find((row) => row.startsWith('proxy-a'));
@@ -127,15 +134,18 @@ describe('rejected change backoff', { skip }, () => {
     );
     assert.ok(logged.length >= 1, 'the nack is logged');
     assert.ok(logged.every((entry) => typeof entry.revision === 'number'));
-    assert.ok(logged.length < arrivals.length, `${logged.length} log lines for ${arrivals.length} nacks`);
+    const message = `${logged.length} log lines for ${arrivals.length} nacks`;
+    assert.ok(logged.length < arrivals.length, message);
   });
 
-  test('a fixed route goes out at once and clears the rejection', async () => {
+  test('fixed route goes out at once', async () => {
     const sent = arrivalsOf(rejected.id).length;
     const fixedAt = Date.now();
-    const fixed = await api('PATCH', `/routes/${rejected.id}`, { backends: [{ host: '192.0.2.40', port: 8080 }] });
+    const backends = [{ host: '192.0.2.40', port: 8080 }];
+    const fixed = await api('PATCH', `/routes/${rejected.id}`, { backends });
     assert.equal(fixed.status, 200);
-    await rejecting.waitFor(() => rejecting.table.get(rejected.id)?.revision === fixed.body.revision, 1000, 'the fix');
+    const hasFix = () => rejecting.table.get(rejected.id)?.revision === fixed.body.revision;
+    await rejecting.waitFor(hasFix, 1000, 'the fix');
     assert.ok(Date.now() - fixedAt <= 1000);
     assert.ok(arrivalsOf(rejected.id).length > sent);
     await eventually('the route active', 2000, async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { EMPTY_DIGEST } from '../../proto/index.ts';
-import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
+import type { TestCoordinator } from '../helpers/coordinator.ts';
 import { postgresSkipReason } from '../helpers/database.ts';
 import type { ScriptedWorker } from '../helpers/scripted-worker.ts';
 import {
@@ -11,6 +11,7 @@ import {
   eventsSince,
   routeBody,
   tableMessages,
+  startCaseCoordinator,
 } from './support.ts';
 
 const skip = await postgresSkipReason();
@@ -22,18 +23,19 @@ describe('session cleanup', { skip }, () => {
   const workers: ScriptedWorker[] = [];
 
   before(async () => {
-    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS) });
+    coordinator = await startCaseCoordinator();
   });
   after(async () => {
     for (const worker of workers) worker.kill();
     await coordinator?.stop();
   });
 
-  test('removes a pending route the worker never acknowledged', async () => {
+  test('removes a never-acknowledged pending route', async () => {
     const worker = await connectedWorker(coordinator, { authority: 'proxy-a', autoAck: false });
     workers.push(worker);
     const before = await currentRevision(coordinator.api);
-    const created = await coordinator.api('POST', '/routes', routeBody('s1', 'jupyter', '192.0.2.10:8080'));
+    const body = routeBody('s1', 'jupyter', '192.0.2.10:8080');
+    const created = await coordinator.api('POST', '/routes', body);
     assert.equal(created.status, 201);
     assert.equal(created.body.status, 'pending');
     const id = created.body.id;
@@ -59,7 +61,7 @@ describe('session cleanup', { skip }, () => {
     assert.equal(events[1].reason, 'session_ended');
   });
 
-  test('removes an unavailable route of a deregistered worker', async () => {
+  test('removes an unavailable route', async () => {
     const wildcard = await connectedWorker(coordinator, {
       authority: 'proxy-b',
       mode: 'wildcard',
@@ -90,7 +92,7 @@ describe('session cleanup', { skip }, () => {
     assert.deepEqual(later.registration.routes, []);
     const snapshot = later.messages.find((m) => m.type === 'snapshot');
     assert.deepEqual(snapshot?.routes, []);
-    // Give the sweeper two periods to move anything it wrongly still sees as stranded.
+    // Give the sweeper two periods to move anything it wrongly still treats as stranded.
     await new Promise((resolve) => setTimeout(resolve, 2 * HEARTBEAT_MS));
     assert.equal(later.table.size, 0);
     const moved = (await eventsSince(coordinator.api, before)).filter(
@@ -99,7 +101,7 @@ describe('session cleanup', { skip }, () => {
     assert.deepEqual(moved, []);
   });
 
-  test('removes nothing for a session that had no routes', async () => {
+  test('unknown session removes nothing', async () => {
     const before = await currentRevision(coordinator.api);
     const cleaned = await coordinator.api('DELETE', '/sessions/s3/routes');
     assert.equal(cleaned.status, 200);
@@ -107,7 +109,8 @@ describe('session cleanup', { skip }, () => {
     assert.equal(await currentRevision(coordinator.api), before);
     assert.deepEqual(await eventsSince(coordinator.api, before), []);
 
-    const created = await coordinator.api('POST', '/routes', routeBody('s3', 'jupyter', '192.0.2.13:8080'));
+    const body = routeBody('s3', 'jupyter', '192.0.2.13:8080');
+    const created = await coordinator.api('POST', '/routes', body);
     assert.equal(created.status, 201);
   });
 });

@@ -4,8 +4,13 @@ import { readFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { TestCoordinator } from '../helpers/coordinator.ts';
-import { ScriptedWorker, type ScriptedWorkerOptions } from '../helpers/scripted-worker.ts';
+import { startTestCoordinator, type TestCoordinator } from '../helpers/coordinator.ts';
+import type { TestDatabase } from '../helpers/database.ts';
+import {
+  ScriptedWorker,
+  type HeldRoute,
+  type ScriptedWorkerOptions,
+} from '../helpers/scripted-worker.ts';
 
 // Shared pieces of the regression suites in this folder: REST calls against
 // any coordinator URL, coordinator processes that tests kill and restart, and
@@ -37,8 +42,19 @@ export function apiClient(baseUrl: () => string, token: string): Api {
       signal: AbortSignal.timeout(15_000),
     });
     const text = await response.text();
-    return { status: response.status, headers: response.headers, body: text ? JSON.parse(text) : null };
+    const parsed = text ? JSON.parse(text) : null;
+    return { status: response.status, headers: response.headers, body: parsed };
   };
+}
+
+/** Starts an in-process coordinator with the heartbeat interval of these suites. */
+export function startCaseCoordinator(env: Record<string, string> = {}): Promise<TestCoordinator> {
+  return startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS), ...env });
+}
+
+/** Returns backends as sorted `host:port` strings, for comparing backend lists. */
+export function addresses(backends: Array<{ host: string; port: number }>): string[] {
+  return backends.map((backend) => `${backend.host}:${backend.port}`).sort();
 }
 
 /** Body of `POST /routes` for `(session, service, host:port)`, with `extra` fields. */
@@ -73,6 +89,15 @@ export async function eventually<T>(
   }
 }
 
+/** Polls `predicate` until it holds; fails after `timeoutMs`. */
+export async function waitUntil(
+  what: string,
+  timeoutMs: number,
+  predicate: () => boolean,
+): Promise<void> {
+  await eventually(what, timeoutMs, () => (predicate() ? true : undefined));
+}
+
 /** Returns a TCP port that nothing listens on right now. */
 export async function freePort(): Promise<number> {
   const server = createServer();
@@ -102,7 +127,9 @@ export async function connectedWorker(
   const worker = scriptedWorker(coordinator, options);
   await worker.register();
   await worker.connect();
-  await worker.waitFor(() => worker.messages.some((m) => m.type === 'snapshot'), 5000, 'snapshot');
+  const hasSnapshot = () => worker.messages.some((m) => m.type === 'snapshot');
+  // Generous: suites run two at a time on a shared machine, and this only sets up.
+  await worker.waitFor(hasSnapshot, 15_000, 'snapshot');
   return worker;
 }
 
@@ -116,16 +143,13 @@ export async function waitInSync(api: Api, workerId: string, timeoutMs = 5000): 
   });
 }
 
-/** Asserts that the worker's table holds the same ids, backends and revisions as REST. */
+/** Asserts that the worker's table has the same ids, backends and revisions as REST. */
 export async function assertTableMatchesRest(api: Api, worker: ScriptedWorker): Promise<void> {
   const rest = await listAll(api, `/routes?worker_id=${worker.id}`);
-  const fromRest = rest.map((r) => [r.id, r.revision, sortedBackends(r.backends)]).sort();
-  const held = [...worker.table.values()].map((r) => [r.id, r.revision, sortedBackends(r.backends)]).sort();
+  const summarize = (route: HeldRoute) => [route.id, route.revision, addresses(route.backends)];
+  const fromRest = rest.map(summarize).sort();
+  const held = [...worker.table.values()].map(summarize).sort();
   assert.deepEqual(held, fromRest);
-}
-
-function sortedBackends(backends: Array<{ host: string; port: number }>): string[] {
-  return backends.map((b) => `${b.host}:${b.port}`).sort();
 }
 
 /** Reads every page of a route listing. */
@@ -190,11 +214,18 @@ export class CoordinatorProcess {
     this.options = options;
   }
 
+  /** Returns a process, not started yet, for a test database on a free port. */
+  static async on(db: TestDatabase, env: Record<string, string> = {}): Promise<CoordinatorProcess> {
+    const port = await freePort();
+    const databaseUrl = db.url as string;
+    return new CoordinatorProcess({ databaseUrl, dataDir: db.dataDir, port, env });
+  }
+
   get url(): string {
     return `http://127.0.0.1:${this.options.port}`;
   }
 
-  /** Starts the process and waits until `GET /health` answers 200. */
+  /** Starts the process and waits until `GET /health` returns 200. */
   async start(): Promise<void> {
     const child = spawn(
       path.join(ROOT, 'bin', 'appproxy-coordinator'),
@@ -219,7 +250,8 @@ export class CoordinatorProcess {
       const response = await fetch(`${this.url}/health`);
       return response.status === 200 ? 'up' : undefined;
     }).then((state) => {
-      if (state === 'exited') assert.fail(`coordinator exited with ${child.exitCode}: ${this.lastError()}`);
+      if (state !== 'exited') return;
+      assert.fail(`coordinator exited with ${child.exitCode}: ${this.lastError()}`);
     });
     const file = path.join(this.options.dataDir, 'tokens.json');
     this.tokens = JSON.parse(await readFile(file, 'utf8'));

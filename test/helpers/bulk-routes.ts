@@ -7,7 +7,7 @@ import { Writer, type WriteTx } from '../../src/store/writer.ts';
 // Inserts many routes at once for tests and benchmarks of large tables. It
 // writes through the coordinator's own group-commit writer, so every route
 // takes a revision and a change-log row and updates its worker's target
-// revision and table digest exactly as a REST write would; only placement
+// revision and table digest exactly as a REST write would. Only placement
 // and validation are skipped.
 
 /** Routes written per transaction. */

@@ -10,7 +10,7 @@ import { apiFor, eventually, readEvents, restRoutes, routeBody, type Api } from 
 const skip = await postgresSkipReason();
 const WRITERS = 24;
 
-/** What one writer knows about its route: the last answered write, and one left unanswered. */
+/** One writer's record of its route: the last write that got a response, and one that got none. */
 interface RouteHistory {
   id: string | null;
   /** Revision of the last write that got a 2xx, or `deleted`. */
@@ -109,7 +109,7 @@ describe('coordinator killed during a burst', { skip }, () => {
   });
 });
 
-/** Checks one route against what its writer was told before the kill. */
+/** Checks one route against the responses its writer received before the kill. */
 async function assertSurvived(api: Api, history: RouteHistory): Promise<void> {
   if (history.id === null) return;
   const response = await api('GET', `/routes/${history.id}`);

@@ -80,7 +80,7 @@ export async function restRoutes(api: Api, workerId: string): Promise<any[]> {
   return routes;
 }
 
-/** Asserts that a worker's table holds exactly the routes REST lists, at the same revisions. */
+/** Asserts that a worker's table contains exactly the routes REST lists, at the same revisions. */
 export async function assertTableMatchesRest(api: Api, worker: ScriptedWorker): Promise<void> {
   const rest = await restRoutes(api, worker.id);
   const expected = rest.map((route) => `${route.id}@${route.revision}`).sort();
