@@ -388,6 +388,8 @@ export function describeConfig(config: CoordinatorConfig): Record<string, unknow
     port: config.port,
     database_url: config.databaseUrl === undefined ? null : redactDatabaseUrl(config.databaseUrl),
     data_dir: config.dataDir,
+    tls_cert: config.tls?.certFile ?? null,
+    tls_key: config.tls?.keyFile ?? null,
     log_level: config.logLevel,
     pool_size: config.poolSize,
     heartbeat_interval_ms: config.heartbeatIntervalMs,
@@ -400,8 +402,6 @@ export function describeConfig(config: CoordinatorConfig): Record<string, unknow
     manager_token: redactTokens(config.tokens.manager),
     worker_token: redactTokens(config.tokens.worker),
     read_token: redactTokens(config.tokens.read),
-    tls_cert: config.tls?.certFile ?? null,
-    tls_key: config.tls?.keyFile ?? null,
   };
 }
 

@@ -60,6 +60,8 @@ session_admission_concurrency = 16
 manager_token = ["manager-one", "manager-two"]
 worker_token = "worker-one,worker-two"
 read_token = "read-one"
+tls_cert = "/etc/appproxy/server.pem"
+tls_key = "/etc/appproxy/server.key"
 `;
 
 describe('config precedence', () => {
@@ -94,6 +96,10 @@ describe('config precedence', () => {
     assert.deepEqual(config.tokens.manager, ['manager-one', 'manager-two']);
     assert.deepEqual(config.tokens.worker, ['worker-one', 'worker-two']);
     assert.deepEqual(config.tokens.read, ['read-one']);
+    assert.deepEqual(config.tls, {
+      certFile: '/etc/appproxy/server.pem',
+      keyFile: '/etc/appproxy/server.key',
+    });
   });
 
   test('full file covers every setting key', () => {
