@@ -5,13 +5,12 @@ import type {
   WorkerInstance,
   WorkerStatus,
 } from '../../proto/index.ts';
-import type { Queryable } from './database.ts';
+import type { Queryable, Sql } from './database.ts';
 
 // SQL for workers and their instances.
 
 const SELECT_WORKER = `
   SELECT w.*,
-    (SELECT count(*) FROM routes r WHERE r.worker_id = w.id) AS route_count,
     COALESCE((
       SELECT jsonb_agg(jsonb_build_object(
         'instance_id', i.instance_id,
@@ -138,8 +137,9 @@ export interface WorkerRegistration {
 
 /**
  * Inserts a worker or replaces its registration, keeping its id and sync state.
- * It locks the worker's instance rows before the worker row, the order that ack
- * and heartbeat writes take, so a registration racing them cannot deadlock.
+ * It locks the worker's instance rows before the worker row, in the order that ack
+ * and heartbeat writes lock them, so a registration and those writes never wait on
+ * each other in a cycle.
  */
 export async function upsertWorker(q: Queryable, registration: WorkerRegistration): Promise<void> {
   const { id, body, generation, status, at } = registration;
@@ -243,13 +243,13 @@ export interface AckRecord extends InstanceKey {
 
 /**
  * Records the acks of many instances, at most one per instance, in one
- * statement: each instance's applied revision, and per worker its last ack
+ * transaction: each instance's applied revision, and per worker its last ack
  * time, its applied revision (the lowest of its connected instances, or the
  * highest of any when none is connected) and its last nack. The generation
- * fences out superseded sessions. The statement reads the instance rows as
- * they were before it, so the new revisions are substituted by hand.
+ * fences out superseded sessions. The rows are locked first in id order,
+ * instance rows before worker rows, so two such batches never deadlock.
  */
-export async function recordAcks(q: Queryable, acks: AckRecord[], at: Date): Promise<void> {
+export async function recordAcks(sql: Sql, acks: AckRecord[], at: Date): Promise<void> {
   if (acks.length === 0) return;
   const json = JSON.stringify(
     acks.map((ack) => ({
@@ -260,6 +260,24 @@ export async function recordAcks(q: Queryable, acks: AckRecord[], at: Date): Pro
       clears_nack: ack.clearsNack,
     })),
   );
+  await sql.begin(async (tx) => {
+    await tx`
+      SELECT 1 FROM worker_instances wi
+      JOIN jsonb_to_recordset(${json}::text::jsonb) AS t (worker_id uuid, instance_id text)
+        ON wi.worker_id = t.worker_id AND wi.instance_id = t.instance_id
+      ORDER BY wi.worker_id, wi.instance_id
+      FOR UPDATE OF wi`;
+    await tx`
+      SELECT 1 FROM workers
+      WHERE id IN (SELECT worker_id FROM jsonb_to_recordset(${json}::text::jsonb) AS t (worker_id uuid))
+      ORDER BY id
+      FOR UPDATE`;
+    await writeAcks(tx, json, at);
+  });
+}
+
+/** Writes locked acks; the statement reads the instance rows as they were before it. */
+async function writeAcks(q: Queryable, json: string, at: Date): Promise<void> {
   await q`
     WITH ack AS (
       SELECT * FROM jsonb_to_recordset(${json}::text::jsonb) AS t (
@@ -417,9 +435,13 @@ export interface Candidate extends WorkerRecord {
 export async function placementCandidates(q: Queryable): Promise<Candidate[]> {
   const rows = await q`
     SELECT w.*,
-      (SELECT count(*) FROM routes r WHERE r.worker_id = w.id) AS route_count,
-      CASE WHEN w.port_first IS NULL THEN NULL ELSE
-        (w.port_last - w.port_first + 1) - (SELECT count(*) FROM routes r
+      CASE
+        WHEN w.port_first IS NULL THEN NULL
+        -- Routes outside the range (left by a registration with another range) make the
+        -- maintained count overstate what is used, so only an apparently full worker is counted.
+        WHEN w.port_last - w.port_first + 1 > w.route_count
+          THEN w.port_last - w.port_first + 1 - w.route_count
+        ELSE (w.port_last - w.port_first + 1) - (SELECT count(*) FROM routes r
           WHERE r.worker_id = w.id AND r.port BETWEEN w.port_first AND w.port_last)
       END AS free_ports
     FROM workers w

@@ -101,19 +101,25 @@ export class WriteTx {
       ),
       target AS (
         UPDATE workers w SET target_revision = t.revision,
-          digest_high = w.digest_high # t.high, digest_low = w.digest_low # t.low
+          digest_high = w.digest_high # t.high, digest_low = w.digest_low # t.low,
+          route_count = w.route_count + t.count
         FROM jsonb_to_recordset(${JSON.stringify(targets)}::text::jsonb)
-          AS t (id uuid, revision bigint, high bigint, low bigint)
+          AS t (id uuid, revision bigint, high bigint, low bigint, count integer)
         WHERE w.id = t.id
       )
       SELECT pg_notify('appproxy_changes', ${String(this.#revision)})`;
   }
 }
 
-/** A worker whose table changed: its last such revision and how its digest changes. */
+/**
+ * A worker whose table changed: its last such revision, and how its digest
+ * and its route count change.
+ */
 interface TableChange {
   id: string;
   revision: number;
+  /** Routes added minus routes removed. */
+  count: number;
   /** The digest delta as two signed 64-bit halves in decimal, as the workers row stores it. */
   high: string;
   low: string;
@@ -121,25 +127,34 @@ interface TableChange {
 
 /** Returns, per worker whose table these changes touch, the last such revision and digest delta. */
 function changedTables(changes: ChangeRecord[]): TableChange[] {
-  const tables = new Map<string, { revision: number; delta: TableDigest }>();
+  const tables = new Map<string, { revision: number; delta: TableDigest; count: number }>();
   const touch = (workerId: string, revision: number) => {
-    const table = tables.get(workerId) ?? { revision, delta: new TableDigest() };
+    const table = tables.get(workerId) ?? { revision, delta: new TableDigest(), count: 0 };
     table.revision = revision;
     tables.set(workerId, table);
-    return table.delta;
+    return table;
   };
   for (const change of changes) {
     if (!change.type.startsWith('route.') || change.route_id === null) continue;
     if (change.prev_worker_id) {
-      touch(change.prev_worker_id, change.revision).toggle(change.route_id, Number(change.prev_revision));
+      const table = touch(change.prev_worker_id, change.revision);
+      table.delta.toggle(change.route_id, Number(change.prev_revision));
+      table.count -= 1;
     }
     if (change.worker_id && change.type !== 'route.deleted') {
-      touch(change.worker_id, change.revision).toggle(change.route_id, change.revision);
+      const table = touch(change.worker_id, change.revision);
+      table.delta.toggle(change.route_id, change.revision);
+      table.count += 1;
     } else if (change.worker_id) {
       touch(change.worker_id, change.revision);
     }
   }
-  return [...tables].map(([id, { revision, delta }]) => ({ id, revision, ...digestHalves(delta) }));
+  return [...tables].map(([id, { revision, delta, count }]) => ({
+    id,
+    revision,
+    count,
+    ...digestHalves(delta),
+  }));
 }
 
 function digestHalves(digest: TableDigest): { high: string; low: string } {
