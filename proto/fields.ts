@@ -40,13 +40,30 @@ export const ServiceSchema = v.pipe(
   v.regex(/^[a-z0-9][a-z0-9._-]*$/, 'must match [a-z0-9][a-z0-9._-]*'),
 );
 
-export const SessionIdSchema = v.pipe(v.string(), v.minLength(1), v.maxLength(128));
+const UNPAIRED_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const CONTROL_CHARACTER = /[\u0000-\u001F\u007F-\u009F]/;
+
+/**
+ * Returns whether PostgreSQL can store `text`: it has no NUL character and no
+ * unpaired UTF-16 surrogate.
+ */
+export function isStorableText(text: string): boolean {
+  return !text.includes('\u0000') && !UNPAIRED_SURROGATE.test(text);
+}
+
+/** Text shown to operators: storable, and free of control characters that would act on a terminal. */
+const DisplayTextSchema = v.pipe(
+  v.string(),
+  v.check((text) => isStorableText(text) && !CONTROL_CHARACTER.test(text), 'must not contain control characters'),
+);
+
+export const SessionIdSchema = v.pipe(DisplayTextSchema, v.minLength(1), v.maxLength(128));
 
 /** Free-form string labels: at most 64, keys up to 63 and values up to 1,024 characters. */
 export const LabelsSchema = v.pipe(
   v.record(
     v.pipe(v.string(), v.regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'invalid label key')),
-    v.pipe(v.string(), v.maxLength(1024)),
+    v.pipe(DisplayTextSchema, v.maxLength(1024)),
   ),
   v.check((labels) => Object.keys(labels).length <= 64, 'at most 64 labels'),
 );

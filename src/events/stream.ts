@@ -41,6 +41,9 @@ export class EventStreamServer {
     const parsed = v.safeParse(EventStreamQuerySchema, Object.fromEntries(url.searchParams));
     if (!parsed.success) return rejectUpgrade(socket, 400);
     this.#server.handleUpgrade(request, socket, head, (ws) => {
+      // ws closes the socket itself after a bad frame (1002, or 1009 when too large); without
+      // a listener its 'error' event would stop the process.
+      ws.on('error', (error) => this.#options.log.debug({ err: error }, 'event stream client error'));
       void this.#serve(ws, parsed.output).catch((error) => {
         this.#options.log.error({ err: error }, 'event stream failed');
         ws.close(1011, 'internal error');

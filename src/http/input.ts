@@ -69,7 +69,8 @@ export function parseUuidParam(value: string, resource: 'route' | 'worker'): str
 export function parseSessionParam(value: string): string {
   if (v.is(SessionIdSchema, value)) return value;
   throw new NotFoundError(
-    `No session has id "${preview(value)}"; session ids are 1 to 128 characters.`,
+    `No session has id "${preview(value)}"; session ids are 1 to 128 characters, ` +
+      'with no control characters.',
   );
 }
 

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { CreateRouteBody, Route } from '../../proto/index.ts';
-import { AppError, ConflictError } from '../errors.ts';
+import { AppError, ConflictError, DatabaseUnavailableError } from '../errors.ts';
 import * as store from '../store/routes.ts';
 import { placementCandidates } from '../store/workers.ts';
 import { toAppError, type WriteTx, type Writer } from '../store/writer.ts';
@@ -103,11 +103,23 @@ export class CreateBatcher {
       },
       (error) => {
         this.#lastPlan = undefined;
-        const failure = toAppError(error);
         // A job that timed out before it ran still owns the creates waiting for it.
-        for (const create of take()) create.reject(failure);
+        const creates = take();
+        const failure = toAppError(error);
+        if (creates.length > 1 && !(failure instanceof DatabaseUnavailableError)) {
+          // One create broke the shared statement: each runs alone, so only it fails.
+          for (const create of creates) this.#runAlone(create);
+          return;
+        }
+        for (const create of creates) create.reject(failure);
       },
     );
+  }
+
+  #runAlone(create: PendingCreate): void {
+    this.#writer.run((tx) => this.#createOne(tx, create.body)).then(create.resolve, (error) => {
+      create.reject(toAppError(error));
+    });
   }
 
   /**
