@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import { Command, CommanderError } from 'commander';
 import { parse as parseToml } from 'smol-toml';
 import { isHost } from '../../proto/fields.ts';
@@ -445,6 +446,34 @@ function parseHost(raw: unknown): string {
 function parsePath(raw: unknown): string {
   if (typeof raw !== 'string' || raw === '') throw new Error('must be a directory path');
   return raw;
+}
+
+/**
+ * Checks that the TLS files can be read and that the key belongs to the
+ * certificate, so a bad pair stops start-up before the database is opened.
+ *
+ * @throws ConfigError naming the setting and the file.
+ */
+export function checkTlsFiles(config: CoordinatorConfig): void {
+  if (!config.tls) return;
+  const { certFile, keyFile } = config.tls;
+  const read = (key: string, file: string) => {
+    try {
+      return readFileSync(file);
+    } catch (error) {
+      throw new ConfigError(`${key} "${file}" cannot be read: ${(error as Error).message}`);
+    }
+  };
+  const cert = read('tls_cert', certFile);
+  const key = read('tls_key', keyFile);
+  try {
+    createSecureContext({ cert, key });
+  } catch (error) {
+    throw new ConfigError(
+      `tls_cert "${certFile}" and tls_key "${keyFile}" do not form a usable pair: ` +
+        `${(error as Error).message}`,
+    );
+  }
 }
 
 function parseOptionalPath(raw: unknown): string | undefined {

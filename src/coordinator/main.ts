@@ -1,5 +1,11 @@
 import { createLogger, type Logger } from '../log.ts';
-import { ConfigError, describeConfig, parseArguments, type CoordinatorConfig } from './config.ts';
+import {
+  checkTlsFiles,
+  ConfigError,
+  describeConfig,
+  parseArguments,
+  type CoordinatorConfig,
+} from './config.ts';
 import type { Coordinator } from './coordinator.ts';
 
 // Entry point of bin/appproxy-coordinator.
@@ -32,7 +38,10 @@ function readConfig(): CoordinatorConfig {
   try {
     const parsed = parseArguments(process.argv.slice(2), process.env);
     if (parsed.kind === 'help') process.exit(0);
-    if (parsed.kind === 'run') return parsed.config;
+    if (parsed.kind === 'run') {
+      checkTlsFiles(parsed.config);
+      return parsed.config;
+    }
     process.stdout.write(`${JSON.stringify(describeConfig(parsed.config), null, 2)}\n`);
     process.exit(0);
   } catch (error) {

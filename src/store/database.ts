@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, open, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import postgres from 'postgres';
 
@@ -91,6 +91,7 @@ async function openEmbedded(options: DatabaseOptions): Promise<Database> {
   const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket');
   const directory = path.resolve(options.dataDir, 'pglite');
   await mkdir(directory, { recursive: true });
+  const releaseLock = await lockDataDir(path.resolve(options.dataDir, 'coordinator.lock'));
   const db = await PGlite.create(directory);
   const server = new PGLiteSocketServer({
     db,
@@ -112,6 +113,46 @@ async function openEmbedded(options: DatabaseOptions): Promise<Database> {
       await sql.end({ timeout: 5 });
       await server.stop();
       await db.close();
+      await releaseLock();
     },
   };
+}
+
+/**
+ * Takes the data directory for this process. Two processes on one embedded
+ * database would each keep their own copy and lose each other's writes, so a
+ * second one fails here; a lock left by a process that no longer runs is taken over.
+ *
+ * @returns a function that releases the lock.
+ */
+async function lockDataDir(file: string): Promise<() => Promise<void>> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const handle = await open(file, 'wx');
+      await handle.writeFile(String(process.pid));
+      await handle.close();
+      return () => rm(file, { force: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const owner = Number.parseInt(await readFile(file, 'utf8').catch(() => ''), 10);
+      if (isRunning(owner)) {
+        throw new Error(
+          `Data directory ${path.dirname(file)} is in use by process ${owner}; stop it, or give ` +
+            'this coordinator another --data-dir or a DATABASE_URL.',
+        );
+      }
+      await rm(file, { force: true });
+    }
+  }
+  throw new Error(`Could not lock data directory ${path.dirname(file)}; retry.`);
+}
+
+function isRunning(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
