@@ -22,7 +22,6 @@ const HOST = '127.0.0.1';
 const SESSION_ID = 'demo-session';
 const SERVICE = 'jupyter';
 const WORKER_AUTHORITY = 'demo';
-const PORT_RANGE = '21000-21099';
 
 // Bounds of each step. Starting the coordinator includes creating the embedded database.
 const COORDINATOR_START_MS = 60_000;
@@ -141,10 +140,13 @@ async function readManagerToken(dataDir: string, child: ManagedChild): Promise<s
 }
 
 async function startWorker(state: DemoState, coordinator: Coordinator): Promise<Worker> {
-  step(state, `Starting the reference worker "${WORKER_AUTHORITY}" (port mode, ${PORT_RANGE})`);
+  // A port free right now, so the demo runs beside another worker, such as the README's.
+  const port = await findFreePort();
+  const portRange = `${port}-${port}`;
+  step(state, `Starting the reference worker "${WORKER_AUTHORITY}" (port mode, ${portRange})`);
   const args = [
     ...['--coordinator-url', coordinator.url, '--data-dir', state.tempDir!],
-    ...['--authority', WORKER_AUTHORITY, '--mode', 'port', '--port-range', PORT_RANGE],
+    ...['--authority', WORKER_AUTHORITY, '--mode', 'port', '--port-range', portRange],
     ...['--hostname', HOST, '--listen-host', HOST],
   ];
   const child = launch(state, 'worker', 'appproxy-worker', args);
@@ -396,3 +398,4 @@ function cleanUp(state: DemoState): Promise<void> {
 
 // Exits at once, because a keep-alive socket of fetch could otherwise hold the process open.
 process.exit(await main());
+
