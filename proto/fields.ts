@@ -14,7 +14,9 @@ export function isHost(value: string): boolean {
 /** Returns whether `value` is an IPv4 or IPv6 network in CIDR notation. */
 export function isCidr(value: string): boolean {
   const [address, prefix, extra] = value.split('/');
-  if (extra !== undefined || prefix === undefined || !/^\d{1,3}$/.test(prefix)) return false;
+  // No leading zeros in the prefix and no zone id (`%eth0`): neither means anything here.
+  if (extra !== undefined || prefix === undefined || !/^(0|[1-9]\d{0,2})$/.test(prefix)) return false;
+  if (address.includes('%')) return false;
   const family = isIP(address);
   if (family === 0) return false;
   return Number(prefix) <= (family === 4 ? 32 : 128);
