@@ -33,8 +33,10 @@ profile.samples.forEach((id, i) => {
   totalUs += delta;
 });
 const busyUs = totalUs - (selfUs.get('(idle)') ?? 0);
-console.log(`profile ${path.basename(file)}: ${(totalUs / 1e6).toFixed(1)} s, busy ${(busyUs / 1e6).toFixed(1)} s`);
+const seconds = (us: number) => (us / 1e6).toFixed(1);
+console.log(`profile ${path.basename(file)}: ${seconds(totalUs)} s, busy ${seconds(busyUs)} s`);
 const ranked = [...selfUs].filter(([key]) => key !== '(idle)').sort((a, b) => b[1] - a[1]);
 for (const [key, us] of ranked.slice(0, Number(top))) {
-  console.log(`${((100 * us) / busyUs).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(0).padStart(6)} ms  ${key}`);
+  const share = ((100 * us) / busyUs).toFixed(1).padStart(5);
+  console.log(`${share}%  ${(us / 1000).toFixed(0).padStart(6)} ms  ${key}`);
 }

@@ -91,9 +91,12 @@ async function measure(
   }
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no ack of route ${routeId ?? response.id} within 10 s`)), 10_000);
+    const error = new Error(`no ack of route ${routeId ?? response.id} within 10 s`);
+    timer = setTimeout(() => reject(error), 10_000);
   });
-  const { arrival, revision } = await Promise.race([arrived, timeout]).finally(() => clearTimeout(timer));
+  const { arrival, revision } = await Promise.race([arrived, timeout]).finally(() => {
+    clearTimeout(timer);
+  });
   figures.toAck.push(Math.max(0, arrival.at - startedAt));
   figures.acks.push({ revision, at: arrival.at });
 }
@@ -131,7 +134,8 @@ export async function measureLatency(): Promise<LatencyResult[]> {
       commits.push({ revision: Number(payload), at: performance.now() });
     });
     const workers = await registerWorkers(coordinator.url, coordinator.tokens.worker);
-    const routes = await insertRoutesSpread(db.url as string, workers.map(bulkWorker), ROUTES / WORKERS);
+    const bulk = workers.map(bulkWorker);
+    const routes = await insertRoutesSpread(db.url as string, bulk, ROUTES / WORKERS);
     const startedAt = performance.now();
     await Promise.all(workers.map((worker) => worker.connect(coordinator.url, false)));
     const snapshotMs = (performance.now() - startedAt).toFixed(0);

@@ -53,7 +53,10 @@ export async function measureStorms(): Promise<StormFigures[]> {
   const db = await createTestDatabase();
   const dataDir = await mkdtemp(path.join(tmpdir(), 'appproxy-bench-'));
   const env = { APPPROXY_HEARTBEAT_INTERVAL_MS: '10000' };
-  const start = () => startCoordinatorChild({ databaseUrl: db.url as string, dataDir, env, profileDir: process.env.BENCH_PROFILE_DIR });
+  const profileDir = process.env.BENCH_PROFILE_DIR;
+  const start = () => {
+    return startCoordinatorChild({ databaseUrl: db.url as string, dataDir, env, profileDir });
+  };
   let coordinator = await start();
   const workers = Array.from({ length: WORKERS }, () => new BenchWorker());
   try {
@@ -109,6 +112,9 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   for (const figures of await measureStorms()) {
     console.log(`${figures.scenario}:`);
     console.log(`  all ${WORKERS} in sync after ${figures.convergedMs.toFixed(0)} ms`);
-    console.log(`  coordinator memory: steady ${figures.steadyMiB.toFixed(0)} MiB, peak ${figures.peakMiB.toFixed(0)} MiB (${(figures.peakMiB / figures.steadyMiB).toFixed(2)}×)`);
+    const ratio = (figures.peakMiB / figures.steadyMiB).toFixed(2);
+    const steady = figures.steadyMiB.toFixed(0);
+    const peak = figures.peakMiB.toFixed(0);
+    console.log(`  coordinator memory: steady ${steady} MiB, peak ${peak} MiB (${ratio}×)`);
   }
 }

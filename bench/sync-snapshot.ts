@@ -39,7 +39,12 @@ export async function measureSnapshot(): Promise<SnapshotFigures> {
       hostname: 'bench.example.test',
       wildcard_domain: '.apps.example.test',
     });
-    const bulk = { id: worker.id, frontendMode: 'wildcard' as const, hostname: 'h', wildcardDomain: '.apps.example.test' };
+    const bulk = {
+      id: worker.id,
+      frontendMode: 'wildcard' as const,
+      hostname: 'h',
+      wildcardDomain: '.apps.example.test',
+    };
     await insertRoutes(db.url as string, bulk, ROUTES);
     const times: number[] = [];
     const peaks: number[] = [];
@@ -56,7 +61,9 @@ export async function measureSnapshot(): Promise<SnapshotFigures> {
       bytes = worker.bytesReceived;
       messages = worker.messagesReceived;
       peaks.push((await coordinator.memory()).peakBytes / MIB);
-      if (worker.table.size !== ROUTES) throw new Error(`worker has ${worker.table.size} routes, expected ${ROUTES}`);
+      if (worker.table.size !== ROUTES) {
+        throw new Error(`worker has ${worker.table.size} routes, expected ${ROUTES}`);
+      }
       await worker.close();
     }
     return {
@@ -77,7 +84,10 @@ export async function measureSnapshot(): Promise<SnapshotFigures> {
 if (import.meta.url === `file://${process.argv[1]}`) {
   const figures = await measureSnapshot();
   console.log(`snapshot of ${figures.routes} routes, ${RUNS} runs:`);
-  console.log(`  hello → ack, ms: ${figures.helloToAckMs.median.toFixed(0)} (${figures.helloToAckMs.min.toFixed(0)}–${figures.helloToAckMs.max.toFixed(0)})`);
+  const { median, min, max } = figures.helloToAckMs;
+  console.log(`  hello → ack, ms: ${median.toFixed(0)} (${min.toFixed(0)}–${max.toFixed(0)})`);
   console.log(`  ${figures.megabytes.toFixed(1)} MiB in ${figures.messages} messages`);
-  console.log(`  coordinator memory: ${figures.baselineMiB.toFixed(0)} MiB before, peak ${figures.peakMiB.median.toFixed(0)} MiB`);
+  const before = figures.baselineMiB.toFixed(0);
+  const peak = figures.peakMiB.median.toFixed(0);
+  console.log(`  coordinator memory: ${before} MiB before, peak ${peak} MiB`);
 }

@@ -35,9 +35,10 @@ export async function startCoordinatorChild(options: {
   const port = await freePort();
   const loader = `file://${path.join(ROOT, 'node_modules/tsx/dist/loader.mjs')}`;
   const profile = options.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`] : [];
+  const main = path.join(ROOT, 'src/coordinator/main.ts');
   const { child, output } = startChild(
     process.execPath,
-    [...profile, '--import', loader, path.join(ROOT, 'src/coordinator/main.ts'), '--port', String(port)],
+    [...profile, '--import', loader, main, '--port', String(port)],
     {
       DATABASE_URL: options.databaseUrl,
       APPPROXY_DATA_DIR: options.dataDir,
@@ -72,12 +73,20 @@ export async function startCoordinatorChild(options: {
 
 async function processMemory(pid: number): Promise<{ residentBytes: number; peakBytes: number }> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1]) * 1024;
+  const kib = (field: string) => {
+    return Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1]) * 1024;
+  };
   return { residentBytes: kib('VmRSS'), peakBytes: kib('VmHWM') };
 }
 
 /** Calls the REST API with a bearer token; throws on an error status. */
-export async function callApi(url: string, token: string, method: string, urlPath: string, body?: unknown) {
+export async function callApi(
+  url: string,
+  token: string,
+  method: string,
+  urlPath: string,
+  body?: unknown,
+) {
   const response = await fetch(`${url}${urlPath}`, {
     method,
     headers: {
@@ -87,7 +96,9 @@ export async function callApi(url: string, token: string, method: string, urlPat
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await response.text();
-  if (response.status >= 300) throw new Error(`${method} ${urlPath} failed with ${response.status}: ${text}`);
+  if (response.status >= 300) {
+    throw new Error(`${method} ${urlPath} failed with ${response.status}: ${text}`);
+  }
   return text ? JSON.parse(text) : null;
 }
 
@@ -145,7 +156,13 @@ export class BenchWorker {
     });
     const replied = new Promise<void>((resolve) => (this.#replied = resolve));
     const hello: Record<string, unknown> = { type: 'hello', protocol_version: 1 };
-    if (resume) Object.assign(hello, { epoch: this.epoch, applied_revision: this.revision, digest: this.digest.toHex() });
+    if (resume) {
+      Object.assign(hello, {
+        epoch: this.epoch,
+        applied_revision: this.revision,
+        digest: this.digest.toHex(),
+      });
+    }
     socket.send(JSON.stringify(hello));
     clearInterval(this.#heartbeatTimer);
     this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.#heartbeatIntervalMs);
@@ -154,7 +171,8 @@ export class BenchWorker {
 
   #heartbeat(): void {
     if (this.#socket?.readyState !== WebSocket.OPEN) return;
-    const beat = { type: 'heartbeat', sent_at: new Date().toISOString(), applied_revision: this.revision, stats: {} };
+    const sentAt = new Date().toISOString();
+    const beat = { type: 'heartbeat', sent_at: sentAt, applied_revision: this.revision, stats: {} };
     this.#socket.send(JSON.stringify(beat));
   }
 
@@ -194,7 +212,9 @@ export class BenchWorker {
   }
 
   #applyDiff(message: any): void {
-    if (message.from_revision !== this.revision) throw new Error(`diff from ${message.from_revision} on ${this.revision}`);
+    if (message.from_revision !== this.revision) {
+      throw new Error(`diff from ${message.from_revision} on a table at ${this.revision}`);
+    }
     const digest = this.digest;
     for (const id of message.removes) {
       const revision = this.table.get(id);
@@ -211,13 +231,17 @@ export class BenchWorker {
   }
 
   #applied(message: any, digest: TableDigest): void {
-    if (digest.toHex() !== message.digest) throw new Error(`digest mismatch at revision ${message.revision}`);
+    if (digest.toHex() !== message.digest) {
+      throw new Error(`digest mismatch at revision ${message.revision}`);
+    }
     this.digest = digest;
     this.revision = message.revision;
     this.epoch = message.epoch;
-    this.#socket?.send(JSON.stringify({ type: 'ack', revision: this.revision, digest: digest.toHex() }));
+    const ack = { type: 'ack', revision: this.revision, digest: digest.toHex() };
+    this.#socket?.send(JSON.stringify(ack));
     const routes = message.type === 'snapshot' ? message.routes : message.upserts;
-    this.onArrival?.({ type: message.type, revision: message.revision, routes, at: performance.now() });
+    const at = performance.now();
+    this.onArrival?.({ type: message.type, revision: message.revision, routes, at });
     this.#replied?.();
     this.#replied = null;
   }

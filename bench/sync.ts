@@ -28,7 +28,8 @@ function latencyRows(results: LatencyResult[]): string[] {
 function snapshotRow(figures: SnapshotFigures): string {
   const time = figures.helloToAckMs;
   return (
-    `| ${figures.routes} routes | ${time.median.toFixed(0)} (${time.min.toFixed(0)}–${time.max.toFixed(0)}) | ` +
+    `| ${figures.routes} routes | ` +
+    `${time.median.toFixed(0)} (${time.min.toFixed(0)}–${time.max.toFixed(0)}) | ` +
     `${figures.megabytes.toFixed(1)} MiB in ${figures.messages} messages | ` +
     `${figures.baselineMiB.toFixed(0)} → ${figures.peakMiB.median.toFixed(0)} MiB | ` +
     `${verdict(time.median < 1000)} |`
@@ -55,8 +56,9 @@ const loadAfter = os.loadavg()[0].toFixed(2);
 const markdown = `
 ## Sync
 
-Machine: ${machineFacts()}. One-minute load average ${loadBefore} before and ${loadAfter}
-after the run, so other work shared the two cores. Command: \`make bench\`
+Machine: ${machineFacts()}.
+One-minute load average ${loadBefore} before and ${loadAfter} after the run: other work
+shared the two cores. Command: \`make bench\` or \`make bench-sync\`
 (\`bench/sync.ts\`, which runs \`bench/sync-latency.ts\`, \`bench/sync-snapshot.ts\` and
 \`bench/sync-reconnect.ts\`). The coordinator runs in its own process on the local PostgreSQL;
 the workers are lean WebSocket clients in the benchmark process that keep an id → revision
@@ -68,9 +70,9 @@ labels each, about 600 bytes as a worker receives it.
 
 Commit time is when the benchmark heard the transaction's \`NOTIFY\` on a \`LISTEN\`
 connection of its own, which lags the commit by a fraction of a millisecond (a median of
-about 0.6 ms measured on this machine class), so
-commit → ack reads short by about that much (and can be slightly negative). Each cell: p50,
-p99 and max in ms; target: commit → ack p99 under 10 ms.
+about 0.6 ms measured on this machine class), so commit → ack reads short by about that much
+and can come out below zero.
+Each cell: p50, p99 and max in ms; target: commit → ack p99 under 10 ms.
 
 | writes (count) | commit → ack | request → ack | request → 2xx | target |
 |---|---|---|---|---|
@@ -99,18 +101,28 @@ ${stormRows(storms).join('\n')}
 
 ### What bounds these numbers
 
-- A write's own latency is mostly the group-commit transaction: the jobs of a batch run one
-  after another in it, a few round trips each, and a profile of the coordinator under 16
-  concurrent writers showed about 30% of its CPU in socket writes of the PostgreSQL driver.
-  Acks of many sessions now share one statement, a commit is pushed in the same turn as
-  it is published, and a coordinator's own commits are no longer read back after their
-  \`NOTIFY\`.
-- A snapshot is read through one cursor, with each route's JSON built by PostgreSQL, and sent
-  in messages of about 512 KiB, paced by the socket, so coordinator memory stays near one
-  message and one batch of rows. Tables keep their digest in the workers row, so neither a
-  snapshot nor a resume hashes the whole table. What remains is shared by three processes on
-  two cores: PostgreSQL building about 60 MB of JSON, the coordinator sending it, and the
-  worker parsing it and hashing 100,000 routes.
+Profiles: \`BENCH_PROFILE_DIR=DIR\` makes the coordinator write a \`node --cpu-prof\` profile there,
+and \`node --import tsx bench/profile-summary.ts FILE\` lists its functions by self time.
+
+- Commit → ack is the push path alone: a commit's changes are handed to the sessions and
+  written as diffs in the same turn in which the writer publishes them, before the writes'
+  responses. Under 16 concurrent writers a profile of the coordinator showed 36% of its busy
+  time in socket writes of the PostgreSQL driver (roughly 100–200 µs of CPU per query, an
+  estimate from the profile and the query count). A write's own latency is therefore bound
+  by the queries of the group-commit transaction, whose jobs run one after another. Acks of
+  many sessions share one transaction, and a coordinator does not read back its own commits
+  after their \`NOTIFY\`.
+- A snapshot streams through one cursor. Each route's JSON is stored by the write that last
+  changed it, so PostgreSQL only adds the derived status, and the coordinator sends messages of
+  about 512 KiB paced by the socket; its memory stays near one batch of rows and one message
+  plus garbage not yet collected (the peak grew from +35 MiB at 20,000 routes to +96 MiB at
+  200,000 in other runs). Tables keep their digest in the workers row, so neither a snapshot
+  nor a resume hashes the whole table. Per snapshot of 100,000 routes the coordinator used
+  about 0.55 s of CPU and the benchmark worker about 0.9 s (JSON.parse 0.35 s, hashing
+  0.12 s, garbage collection 0.2 s). With the worker, the coordinator and PostgreSQL sharing
+  two cores the time depends on other load: medians from 0.87 s to 1.8 s were seen on this
+  shared machine. The target is met only on a quiet machine, and the worker's own parsing and
+  hashing is the floor.
 - New sessions are admitted through a queue (\`APPPROXY_SESSION_ADMISSION_CONCURRENCY\`,
   default 8), so a storm reads at most that many tables at once while live sessions keep
   their diffs.

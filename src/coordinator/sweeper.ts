@@ -129,14 +129,26 @@ export class Sweeper {
   }
 
   /**
+   * Returns the largest heartbeat write lag, in ms, that cannot make a live worker look
+   * silent: the worker's last stored beat is at most one interval older than its newest.
+   * A quarter interval is kept back for the write period and timer drift.
+   */
+  #maxHeartbeatLagMs(): number {
+    const intervalMs = this.#options.heartbeatIntervalMs;
+    const safeMs = (this.#options.heartbeatMisses - 1) * intervalMs - intervalMs / 4;
+    return Math.max(intervalMs / 2, safeMs);
+  }
+
+  /**
    * Restarts the watch while heartbeat writes lag behind the clock: a stalled
    * database leaves stored heartbeat times old although workers kept sending.
-   * A lag up to one interval is safe with two or more misses per deadline.
+   * NOTE: only this coordinator's writes are checked, so with several coordinators the
+   * workers of another one whose heartbeat writes lag can still be declared lost.
    */
   #checkHeartbeatWrites(): void {
     const writtenAt = this.#options.heartbeatsWrittenAt?.() ?? Date.now();
     const lagMs = Date.now() - writtenAt;
-    if (lagMs <= this.#options.heartbeatIntervalMs) {
+    if (lagMs <= this.#maxHeartbeatLagMs()) {
       if (this.#areHeartbeatsBehind) {
         this.#log.info('heartbeat writes caught up; lost-worker checks resume after one deadline');
       }

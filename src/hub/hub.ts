@@ -50,6 +50,9 @@ const NACK_LOGS_PER_MINUTE = 3;
  */
 const MAX_SESSIONS_PER_WORKER = 64;
 
+/** Pause before writing acks again whose rows were locked, in ms. */
+const SKIPPED_ACK_RETRY_MS = 5;
+
 /** A write of an instance's sync state, in the order its messages arrived. */
 type StatusWrite =
   | { kind: 'ack'; revision: number; clearsNack: boolean }
@@ -76,6 +79,8 @@ export class Hub implements SessionHost {
   #statusWrites = new Map<string, { key: InstanceKey; writes: StatusWrite[] }>();
   #statusFlush: Promise<void> | null = null;
   #isStatusFlushScheduled = false;
+  /** Set after a failed ack write, so the retry waits instead of spinning. */
+  #statusRetryDelayMs = 0;
   readonly #admission: PQueue;
   readonly #nackLogs = new Map<string, { windowStart: number; logged: number; dropped: number }>();
   #timers: NodeJS.Timeout[] = [];
@@ -272,13 +277,15 @@ export class Hub implements SessionHost {
   #scheduleStatusFlush(): void {
     if (this.#isStatusFlushScheduled || this.#statusFlush) return;
     this.#isStatusFlushScheduled = true;
-    setImmediate(() => {
+    const run = () => {
       this.#isStatusFlushScheduled = false;
       this.#statusFlush = this.#flushStatus().finally(() => {
         this.#statusFlush = null;
         if (this.#statusWrites.size > 0) this.#scheduleStatusFlush();
       });
-    });
+    };
+    if (this.#statusRetryDelayMs > 0) setTimeout(run, this.#statusRetryDelayMs).unref();
+    else setImmediate(run);
   }
 
   /**
@@ -296,25 +303,49 @@ export class Hub implements SessionHost {
       if (entry.writes.length === 1 && write.kind === 'ack') acks.push({ ...entry.key, ...write });
       else ordered.push(entry);
     }
-    await Promise.all([this.#writeAcks(acks), ...ordered.map((entry) => this.#writeInOrder(entry))]);
+    const writes = ordered.map((entry) => this.#writeInOrder(entry));
+    await Promise.all([this.#writeAcks(acks), ...writes]);
   }
 
   async #writeAcks(acks: AckRecord[]): Promise<void> {
     if (acks.length === 0) return;
     try {
-      await this.#options.workers.recordAcks(acks);
+      const skipped = await this.#options.workers.recordAcks(acks);
+      // Rows locked by a write transaction free up within milliseconds.
+      this.#statusRetryDelayMs = skipped.length > 0 ? SKIPPED_ACK_RETRY_MS : 0;
+      for (const ack of skipped) this.#requeueAck(ack);
     } catch (error) {
-      // The next ack of each instance carries its state again.
-      this.#log.warn({ err: error, instances: acks.length }, 'recording acks failed');
+      // Queued again behind any newer ack of the same instance, and retried after a pause,
+      // because a worker that is in sync sends no further ack to carry its state.
+      this.#statusRetryDelayMs = Math.min(Math.max(this.#statusRetryDelayMs * 2, 100), 5000);
+      this.#log.warn(
+        { err: error, instances: acks.length, retry_in_ms: this.#statusRetryDelayMs },
+        'recording acks failed; will retry',
+      );
+      for (const ack of acks) this.#requeueAck(ack);
     }
+  }
+
+  #requeueAck(ack: AckRecord): void {
+    const { revision, clearsNack, ...key } = ack;
+    const entry = this.#statusWrites.get(instanceId(key));
+    if (!entry) {
+      const writes: StatusWrite[] = [{ kind: 'ack', revision, clearsNack }];
+      this.#statusWrites.set(instanceId(key), { key, writes });
+      return;
+    }
+    const first = entry.writes[0];
+    if (first.kind === 'ack') first.revision = Math.max(first.revision, revision);
+    else entry.writes.unshift({ kind: 'ack', revision, clearsNack });
   }
 
   async #writeInOrder(entry: { key: InstanceKey; writes: StatusWrite[] }): Promise<void> {
     const { key } = entry;
     for (const write of entry.writes) {
       try {
-        if (write.kind === 'ack') await this.#options.workers.recordAck(key, write.revision, write.clearsNack);
-        else await this.#options.workers.recordNack(key, write.nack);
+        const { workers } = this.#options;
+        if (write.kind === 'ack') await workers.recordAck(key, write.revision, write.clearsNack);
+        else await workers.recordNack(key, write.nack);
       } catch (error) {
         const fields = { err: error, worker_id: key.workerId, instance_id: key.instanceId };
         this.#log.warn(fields, `recording a ${write.kind} failed`);

@@ -322,7 +322,8 @@ export class WorkerSession {
     if (this.#isClosed()) throw new SessionClosedError();
     this.#state = 'syncing';
     this.#snapshotAgain = null;
-    // A held backoff keeps its delay, so a worker that rejects snapshots too waits longer each time.
+    // A held backoff keeps its delay, so a worker that rejects snapshots too waits longer
+    // each time.
     if (this.#backoff?.timer) clearTimeout(this.#backoff.timer);
     if (this.#backoff) this.#backoff.timer = null;
     let snapshot = { revision: 0, digest: '' };
@@ -515,7 +516,7 @@ export class WorkerSession {
     const routeIds = new Set([...this.#sent.values()].flatMap((sent) => sent.routeIds));
     const delayMs = Math.min((this.#backoff?.delayMs ?? FIRST_BACKOFF_MS / 2) * 2, MAX_BACKOFF_MS);
     if (this.#backoff?.timer) clearTimeout(this.#backoff.timer);
-    const timer = setTimeout(() => this.#background(this.#resendHeld(), 'resending a rejected diff'), delayMs);
+    const timer = this.#scheduleHeldResend(delayMs);
     this.#backoff = { delayMs, routeIds, timer };
     this.#log.debug({ worker_id: this.key.workerId, revision, delay_ms: delayMs }, 'backing off');
   }
@@ -527,11 +528,12 @@ export class WorkerSession {
     backoff.timer = null;
     let plan: ResumePlan;
     try {
-      plan = await this.#host.planResume(this.key.workerId, this.#ackedRevision, this.#ackedDigest.toHex());
+      const digest = this.#ackedDigest.toHex();
+      plan = await this.#host.planResume(this.key.workerId, this.#ackedRevision, digest);
     } catch (error) {
       // Try again after the same delay, so the held diffs are not stuck for good.
       if (this.#backoff === backoff && !this.#isClosed()) {
-        backoff.timer = setTimeout(() => this.#background(this.#resendHeld(), 'resending a rejected diff'), backoff.delayMs);
+        backoff.timer = this.#scheduleHeldResend(backoff.delayMs);
       }
       throw error;
     }
@@ -548,7 +550,7 @@ export class WorkerSession {
     // A worker that sends neither an ack nor a nack gets it again after twice the delay.
     if (this.#backoff !== backoff) return;
     const watchdogMs = Math.min(backoff.delayMs * 2, MAX_BACKOFF_MS);
-    backoff.timer = setTimeout(() => this.#background(this.#resendHeld(), 'resending a rejected diff'), watchdogMs);
+    backoff.timer = this.#scheduleHeldResend(watchdogMs);
   }
 
   #endBackoff(): void {
@@ -572,8 +574,13 @@ export class WorkerSession {
       return;
     }
     this.#dropRetry(route.id);
-    const timer = setTimeout(() => this.#background(this.#resendRoute(route.id), 'resending a route'), FIRST_BACKOFF_MS);
-    this.#retries.set(route.id, { revision, delayMs: FIRST_BACKOFF_MS, timer, isRejectedAgain: true });
+    const timer = this.#scheduleRouteResend(route.id, FIRST_BACKOFF_MS);
+    this.#retries.set(route.id, {
+      revision,
+      delayMs: FIRST_BACKOFF_MS,
+      timer,
+      isRejectedAgain: true,
+    });
   }
 
   async #resendRoute(routeId: string): Promise<void> {
@@ -589,7 +596,7 @@ export class WorkerSession {
       route = await this.#host.findRoute(routeId);
     } catch (error) {
       if (this.#retries.get(routeId) === retry) {
-        retry.timer = setTimeout(() => this.#background(this.#resendRoute(routeId), 'resending a route'), retry.delayMs);
+        retry.timer = this.#scheduleRouteResend(routeId, retry.delayMs);
       }
       throw error;
     }
@@ -608,7 +615,7 @@ export class WorkerSession {
       retry.isRejectedAgain = false;
       retry.delayMs = Math.min(retry.delayMs * 2, MAX_BACKOFF_MS);
     }
-    retry.timer = setTimeout(() => this.#background(this.#resendRoute(routeId), 'resending a route'), retry.delayMs);
+    retry.timer = this.#scheduleRouteResend(routeId, retry.delayMs);
   }
 
   /** Sends again a route the worker already has, leaving its table's revision as it is. */
@@ -627,6 +634,16 @@ export class WorkerSession {
     this.#retries.delete(routeId);
   }
 
+  #scheduleHeldResend(delayMs: number): NodeJS.Timeout {
+    const resend = () => this.#background(this.#resendHeld(), 'resending a rejected diff');
+    return setTimeout(resend, delayMs);
+  }
+
+  #scheduleRouteResend(routeId: string, delayMs: number): NodeJS.Timeout {
+    const resend = () => this.#background(this.#resendRoute(routeId), 'resending a route');
+    return setTimeout(resend, delayMs);
+  }
+
   /** Runs work that nothing awaits; a failure (a database error) is logged, not thrown. */
   #background(work: Promise<void>, what: string): void {
     work.catch((error) => {
@@ -636,7 +653,8 @@ export class WorkerSession {
 
   #malformed(problem: string): void {
     this.#malformedCount += 1;
-    this.#sendText('error', JSON.stringify({ type: 'error', code: 'invalid_message', message: problem }));
+    const error = { type: 'error', code: 'invalid_message', message: problem };
+    this.#sendText('error', JSON.stringify(error));
     if (this.#malformedCount >= MAX_MALFORMED) {
       this.close(CloseCode.malformed, `${MAX_MALFORMED} malformed messages`);
     }

@@ -153,7 +153,8 @@ function diffText(
 ): Omit<DiffText, 'changesCarried'> {
   const lastChanges = new Map<string, ChangeRecord>();
   for (const change of piece) if (change.route_id) lastChanges.set(change.route_id, change);
-  const upserts = delta.upserts.map((route) => routeText(lastChanges.get(route.id) as ChangeRecord));
+  const lastChange = (id: string) => lastChanges.get(id) as ChangeRecord;
+  const upserts = delta.upserts.map((route) => routeText(lastChange(route.id)));
   const text =
     `{"type":"diff","epoch":${JSON.stringify(request.epoch)},"from_revision":${from},` +
     `"revision":${revision},"upserts":[${upserts.join(',')}],` +
@@ -238,7 +239,8 @@ class SnapshotChunker {
 
   constructor(options: SnapshotOptions, revision: number, digest: string) {
     this.#options = options;
-    this.#head = `{"type":"snapshot","epoch":${JSON.stringify(options.epoch)},"revision":${revision},"routes":[`;
+    const epoch = JSON.stringify(options.epoch);
+    this.#head = `{"type":"snapshot","epoch":${epoch},"revision":${revision},"routes":[`;
     this.#tail = `],"digest":"${digest}"`;
     this.#summary = { revision, digest, routeCount: 0, messageCount: 0, bytes: 0 };
   }

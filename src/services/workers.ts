@@ -217,8 +217,12 @@ export class WorkerService {
     return store.recordAck(this.#sql, key, revision, new Date(), clearsNack);
   }
 
-  /** Records the acks of many instances in one statement. */
-  recordAcks(acks: store.AckRecord[]): Promise<void> {
+  /**
+   * Records the acks of many instances in one transaction.
+   *
+   * @returns the acks skipped because their rows were locked, to record later.
+   */
+  recordAcks(acks: store.AckRecord[]): Promise<store.AckRecord[]> {
     return store.recordAcks(this.#sql, acks, new Date());
   }
 

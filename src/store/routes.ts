@@ -19,16 +19,20 @@ const ISO_TIME = `'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'`;
 
 /**
  * A worker's routes as the JSON text that rowToRoute and JSON.stringify
- * produce, built by PostgreSQL, so a snapshot streams text without parsing
- * rows: the fields in the same order, times as in toISOString, and the
- * optional fields only when set. Keep it in step with rowToRoute; a snapshot
- * test compares them. Parameter: the worker id.
+ * produce, so a snapshot streams text without parsing rows. A route's JSON
+ * comes from the `wire` column that each write fills, with the derived
+ * status added. A route not written since that column exists gets its JSON
+ * built here: the fields in the same order, times as in toISOString, and the
+ * optional fields only when set. Keep this in step with rowToRoute; a
+ * snapshot test compares them. Parameter: the worker id.
  */
 const SELECT_WORKER_ROUTE_JSON = `
-  SELECT left(row_to_json(x)::text, -1)
-    || CASE WHEN r.idle_timeout_s IS NULL THEN '' ELSE ',"idle_timeout_s":' || r.idle_timeout_s::text END
-    || CASE WHEN r.worker_selector IS NULL THEN '' ELSE ',"worker_selector":' || r.worker_selector::text END
-    || '}' AS json
+  SELECT COALESCE(
+    left(r.wire, -1) || ',"status":"' || ${ROUTE_STATUS} || '"}',
+    left(row_to_json(x)::text, -1)
+      || CASE WHEN r.idle_timeout_s IS NULL THEN '' ELSE ',"idle_timeout_s":' || r.idle_timeout_s::text END
+      || CASE WHEN r.worker_selector IS NULL THEN '' ELSE ',"worker_selector":' || r.worker_selector::text END
+      || '}') AS json
   FROM routes r JOIN workers w ON w.id = r.worker_id,
   LATERAL (SELECT r.id, r.session_id, r.service, r.protocol, r.mode, r.backends, r.worker_id,
     r.port, r.subdomain, r.url, r.open_to_public, r.allowed_client_ips, r.labels,

@@ -246,12 +246,24 @@ export interface AckRecord extends InstanceKey {
  * transaction: each instance's applied revision, and per worker its last ack
  * time, its applied revision (the lowest of its connected instances, or the
  * highest of any when none is connected) and its last nack. The generation
- * fences out superseded sessions. The rows are locked first in id order,
- * instance rows before worker rows, so two such batches never deadlock.
+ * fences out superseded sessions. Rows that another transaction has locked,
+ * such as a write transaction updating the worker, are skipped rather than
+ * waited for, so acks never join a deadlock.
+ *
+ * @returns the acks skipped that way, to record again later.
  */
-export async function recordAcks(sql: Sql, acks: AckRecord[], at: Date): Promise<void> {
-  if (acks.length === 0) return;
-  const json = JSON.stringify(
+export async function recordAcks(sql: Sql, acks: AckRecord[], at: Date): Promise<AckRecord[]> {
+  if (acks.length === 0) return [];
+  return sql.begin(async (tx) => {
+    const locked = await lockAckRows(tx, acks);
+    const written = acks.filter((ack) => locked.has(`${ack.workerId}/${ack.instanceId}`));
+    if (written.length > 0) await writeAcks(tx, ackJson(written), at);
+    return acks.filter((ack) => !locked.has(`${ack.workerId}/${ack.instanceId}`));
+  }) as Promise<AckRecord[]>;
+}
+
+function ackJson(acks: AckRecord[]): string {
+  return JSON.stringify(
     acks.map((ack) => ({
       worker_id: ack.workerId,
       instance_id: ack.instanceId,
@@ -260,20 +272,32 @@ export async function recordAcks(sql: Sql, acks: AckRecord[], at: Date): Promise
       clears_nack: ack.clearsNack,
     })),
   );
-  await sql.begin(async (tx) => {
-    await tx`
-      SELECT 1 FROM worker_instances wi
-      JOIN jsonb_to_recordset(${json}::text::jsonb) AS t (worker_id uuid, instance_id text)
-        ON wi.worker_id = t.worker_id AND wi.instance_id = t.instance_id
-      ORDER BY wi.worker_id, wi.instance_id
-      FOR UPDATE OF wi`;
-    await tx`
-      SELECT 1 FROM workers
-      WHERE id IN (SELECT worker_id FROM jsonb_to_recordset(${json}::text::jsonb) AS t (worker_id uuid))
-      ORDER BY id
-      FOR UPDATE`;
-    await writeAcks(tx, json, at);
-  });
+}
+
+/**
+ * Locks the instance rows of the acks and then their workers' rows, skipping
+ * rows locked elsewhere. Returns `worker/instance` of each ack whose two rows
+ * are now both locked.
+ */
+async function lockAckRows(tx: Queryable, acks: AckRecord[]): Promise<Set<string>> {
+  const json = ackJson(acks);
+  const instances = await tx`
+    SELECT wi.worker_id, wi.instance_id FROM worker_instances wi
+    JOIN jsonb_to_recordset(${json}::text::jsonb) AS t (worker_id uuid, instance_id text)
+      ON wi.worker_id = t.worker_id AND wi.instance_id = t.instance_id
+    ORDER BY wi.worker_id, wi.instance_id
+    FOR UPDATE OF wi SKIP LOCKED`;
+  const workerIds = [...new Set(instances.map((row) => String(row.worker_id)))];
+  if (workerIds.length === 0) return new Set();
+  const workers = await tx`
+    SELECT id FROM workers WHERE id = ANY (${workerIds}::uuid[])
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED`;
+  const lockedWorkers = new Set(workers.map((row) => String(row.id)));
+  const keys = instances
+    .filter((row) => lockedWorkers.has(String(row.worker_id)))
+    .map((row) => `${row.worker_id}/${row.instance_id}`);
+  return new Set(keys);
 }
 
 /** Writes locked acks; the statement reads the instance rows as they were before it. */

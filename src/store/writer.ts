@@ -86,18 +86,27 @@ export class WriteTx {
   }
 
   /**
-   * Writes the change log, the revision counter, and each touched worker's
-   * target revision and table digest, in one statement.
+   * Writes the change log, the revision counter, each touched worker's target
+   * revision, table digest and route count, and each changed route's JSON, in
+   * one statement.
    */
   async finish(): Promise<void> {
     if (this.#reserved !== null) throw new Error(`Revision ${this.#reserved} was never recorded`);
     if (this.changes.length === 0) return;
     const targets = changedTables(this.changes);
+    const wires = routeTexts(this.changes);
+    const log = JSON.stringify(this.changes);
     await this.sql`
       WITH counter AS (UPDATE meta SET revision = ${this.#revision}),
       log AS (
         INSERT INTO changes
-        SELECT * FROM jsonb_populate_recordset(NULL::changes, ${JSON.stringify(this.changes)}::text::jsonb)
+        SELECT * FROM jsonb_populate_recordset(NULL::changes, ${log}::text::jsonb)
+      ),
+      wire AS (
+        UPDATE routes r SET wire = w.wire
+        FROM jsonb_to_recordset(${JSON.stringify(wires)}::text::jsonb) AS w (id uuid, wire text)
+        -- The id list gives the planner an index condition whatever its estimate of w.
+        WHERE r.id = w.id AND r.id = ANY (${wires.map((wire) => wire.id)}::uuid[])
       ),
       target AS (
         UPDATE workers w SET target_revision = t.revision,
@@ -109,6 +118,24 @@ export class WriteTx {
       )
       SELECT pg_notify('appproxy_changes', ${String(this.#revision)})`;
   }
+}
+
+/**
+ * Returns the JSON of each route as its last change in the batch left it,
+ * without the derived status, for the routes that still exist.
+ */
+function routeTexts(changes: ChangeRecord[]): Array<{ id: string; wire: string }> {
+  const last = new Map<string, ChangeRecord>();
+  for (const change of changes) {
+    if (change.type.startsWith('route.') && change.route_id) last.set(change.route_id, change);
+  }
+  const texts: Array<{ id: string; wire: string }> = [];
+  for (const [id, change] of last) {
+    if (change.type === 'route.deleted' || !change.route) continue;
+    const { status: _status, ...route } = change.route;
+    texts.push({ id, wire: JSON.stringify(route) });
+  }
+  return texts;
 }
 
 /**

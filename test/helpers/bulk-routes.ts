@@ -26,7 +26,12 @@ export interface BulkWorker {
  * Returns a typical route: two backends, three labels, and about 300 bytes of
  * JSON in its create request (the stored route adds ids, URL and times).
  */
-export function typicalRoute(worker: BulkWorker, index: number, revision: number, now: string): Route {
+export function typicalRoute(
+  worker: BulkWorker,
+  index: number,
+  revision: number,
+  now: string,
+): Route {
   const port = worker.frontendMode === 'port' ? (worker.firstPort ?? 20000) + index : null;
   const subdomain = worker.frontendMode === 'port' ? null : `lab-bulk-${index}`;
   const url =
@@ -61,7 +66,11 @@ export function typicalRoute(worker: BulkWorker, index: number, revision: number
  * Creates `count` routes on `worker` in transactions of 5,000, on the
  * database at `databaseUrl`, and returns them.
  */
-export async function insertRoutes(databaseUrl: string, worker: BulkWorker, count: number): Promise<Route[]> {
+export async function insertRoutes(
+  databaseUrl: string,
+  worker: BulkWorker,
+  count: number,
+): Promise<Route[]> {
   return insertRoutesSpread(databaseUrl, [worker], count);
 }
 
@@ -74,7 +83,9 @@ export async function insertRoutesSpread(
   workers: BulkWorker[],
   perWorker: number,
 ): Promise<Route[]> {
-  const slots = workers.flatMap((worker) => Array.from({ length: perWorker }, (_, index) => ({ worker, index })));
+  const slots = workers.flatMap((worker) => {
+    return Array.from({ length: perWorker }, (_, index) => ({ worker, index }));
+  });
   const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} }) as unknown as Sql;
   const writer = new Writer(sql, { maxBatch: 1, timeoutMs: 120_000, onCommit: () => {} });
   const routes: Route[] = [];
@@ -89,9 +100,14 @@ export async function insertRoutesSpread(
   return routes;
 }
 
-async function insertBatch(tx: WriteTx, slots: Array<{ worker: BulkWorker; index: number }>): Promise<Route[]> {
+async function insertBatch(
+  tx: WriteTx,
+  slots: Array<{ worker: BulkWorker; index: number }>,
+): Promise<Route[]> {
   const now = tx.now.toISOString();
-  const routes = slots.map(({ worker, index }, i) => typicalRoute(worker, index, tx.revision + i + 1, now));
+  const routes = slots.map(({ worker, index }, i) => {
+    return typicalRoute(worker, index, tx.revision + i + 1, now);
+  });
   const rows = routes.map(({ status: _status, ...row }) => row);
   await tx.sql`
     INSERT INTO routes

@@ -20,7 +20,12 @@ interface RouteHistory {
 }
 
 /** Creates, patches and deletes routes one after another until a request fails. */
-async function writeUntilFailure(api: Api, workerId: string, writer: number, highest: { revision: number }) {
+async function writeUntilFailure(
+  api: Api,
+  workerId: string,
+  writer: number,
+  highest: { revision: number },
+) {
   const histories: RouteHistory[] = [];
   for (let round = 0; ; round++) {
     const history: RouteHistory = { id: null, confirmed: null, unanswered: null };
@@ -33,12 +38,15 @@ async function writeUntilFailure(api: Api, workerId: string, writer: number, hig
       return response;
     };
     try {
-      const created = await step('create', () => api('POST', '/routes', routeBody(workerId, `k${writer}-${round}`)));
+      const body = routeBody(workerId, `k${writer}-${round}`);
+      const created = await step('create', () => api('POST', '/routes', body));
       history.id = created.body.id;
       history.confirmed = created.body.revision;
       highest.revision = Math.max(highest.revision, created.body.revision);
       const patched = await step('patch', () =>
-        api('PATCH', `/routes/${history.id}`, { backends: [{ host: '192.0.2.60', port: 7000 + round }] }),
+        api('PATCH', `/routes/${history.id}`, {
+          backends: [{ host: '192.0.2.60', port: 7000 + round }],
+        }),
       );
       history.confirmed = patched.body.revision;
       highest.revision = Math.max(highest.revision, patched.body.revision);
@@ -71,14 +79,22 @@ describe('coordinator killed during a burst', { skip }, () => {
   test('acknowledged writes survive and the worker catches up', { timeout: 120_000 }, async () => {
     const tokens = await coordinator.tokens();
     const before = apiFor(coordinator.url, tokens.manager);
-    worker = new ScriptedWorker({ coordinatorUrl: coordinator.url, workerToken: tokens.worker, portRange: [20000, 29999] });
+    worker = new ScriptedWorker({
+      coordinatorUrl: coordinator.url,
+      workerToken: tokens.worker,
+      portRange: [20000, 29999],
+    });
     await worker.register();
     await worker.connect();
-    await worker.waitFor(() => worker.messages.some((m) => m.type === 'snapshot'), 10_000, 'snapshot');
+    const hasSnapshot = () => worker.messages.some((m) => m.type === 'snapshot');
+    await worker.waitFor(hasSnapshot, 10_000, 'snapshot');
 
     const highest = { revision: 0 };
-    const writers = Array.from({ length: WRITERS }, (_, i) => writeUntilFailure(before, worker.id, i, highest));
-    await eventually('a burst under way', 10_000, () => (highest.revision >= 200 ? true : undefined));
+    const writers = Array.from({ length: WRITERS }, (_, i) => {
+      return writeUntilFailure(before, worker.id, i, highest);
+    });
+    const isUnderWay = () => (highest.revision >= 200 ? true : undefined);
+    await eventually('a burst under way', 10_000, isUnderWay);
     coordinator.child.kill('SIGKILL');
     const histories = (await Promise.all(writers)).flat();
     const seenByWorker = worker.revision;
@@ -118,7 +134,8 @@ async function assertSurvived(api: Api, history: RouteHistory): Promise<void> {
     return;
   }
   if (history.unanswered === 'delete' && response.status === 404) return;
-  assert.equal(response.status, 200, `route ${history.id} acknowledged at ${history.confirmed} is gone`);
+  const what = `route ${history.id} acknowledged at ${history.confirmed}`;
+  assert.equal(response.status, 200, `${what} is gone`);
   if (history.unanswered === null) assert.equal(response.body.revision, history.confirmed);
   else assert.ok(response.body.revision >= (history.confirmed as number));
 }

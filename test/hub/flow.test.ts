@@ -27,10 +27,14 @@ describe('bursts and lone changes', { skip }, () => {
   });
 
   test('changes committed together arrive as one diff', async () => {
-    const worker = await connectWorker(coordinator, { authority: 'burst-a', portRange: [20000, 20999] });
+    const worker = await connectWorker(coordinator, {
+      authority: 'burst-a',
+      portRange: [20000, 20999],
+    });
     const ids: string[] = [];
     for (const service of ['lab', 'shell', 'board', 'code', 'model']) {
-      const created = await coordinator.api('POST', '/routes', routeBody(worker.id, 'burst', service));
+      const body = routeBody(worker.id, 'burst', service);
+      const created = await coordinator.api('POST', '/routes', body);
       ids.push(created.body.id);
     }
     await worker.waitFor(() => ids.every((id) => worker.table.has(id)), 5000, 'routes');
@@ -44,7 +48,8 @@ describe('bursts and lone changes', { skip }, () => {
 
     worker.messages.length = 0;
     const firstPort = 20100;
-    await insertRoutes(db.url as string, { id: worker.id, frontendMode: 'port', hostname: 'h', firstPort }, 50);
+    const bulk = { id: worker.id, frontendMode: 'port' as const, hostname: 'h', firstPort };
+    await insertRoutes(db.url as string, bulk, 50);
     await worker.waitFor(() => worker.table.size === 50, 5000, 'bulk routes');
     assert.equal(worker.messages.length, 1);
     assert.equal(worker.messages[0].upserts.length, 50);
@@ -53,7 +58,10 @@ describe('bursts and lone changes', { skip }, () => {
   });
 
   test('lone change goes out without waiting for company', async () => {
-    const worker = await connectWorker(coordinator, { authority: 'burst-b', portRange: [21000, 21999] });
+    const worker = await connectWorker(coordinator, {
+      authority: 'burst-b',
+      portRange: [21000, 21999],
+    });
     for (let i = 0; i < 5; i++) {
       worker.messages.length = 0;
       const created = await coordinator.api('POST', '/routes', routeBody(worker.id, `lone-${i}`));
@@ -82,8 +90,14 @@ describe('slow workers', { skip }, () => {
   });
 
   test('worker that stops reading is closed and resumes', { timeout: 120_000 }, async () => {
-    const slow = await connectWorker(coordinator, { authority: 'slow-a', portRange: [10000, 59999] });
-    const other = await connectWorker(coordinator, { authority: 'slow-b', portRange: [20000, 20999] });
+    const slow = await connectWorker(coordinator, {
+      authority: 'slow-a',
+      portRange: [10000, 59999],
+    });
+    const other = await connectWorker(coordinator, {
+      authority: 'slow-b',
+      portRange: [20000, 20999],
+    });
     slow.freeze();
     // About 12 MB of diffs: more than the socket buffers of both ends and the high-water mark.
     const bulk = { id: slow.id, frontendMode: 'port' as const, hostname: 'h', firstPort: 10000 };

@@ -108,7 +108,7 @@ describe('ordering under concurrent writers', { skip }, () => {
     return writes;
   }
 
-  test('workers and the event log see every change once, in order', { timeout: 120_000 }, async () => {
+  test('every change reaches all, once, in order', { timeout: 120_000 }, async () => {
     const reader = new EventReader(second.api);
     const counts = await Promise.all(Array.from({ length: WRITERS }, (_, i) => write(i)));
     assert.equal(counts.reduce((a, b) => a + b, 0), WRITERS * ROUNDS * 2.5);

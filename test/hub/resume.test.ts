@@ -38,14 +38,15 @@ describe('resume after reconnect', { skip }, () => {
 
   before(async () => {
     db = await createTestDatabase();
-    coordinator = await startSyncCoordinator(db, { APPPROXY_HEARTBEAT_INTERVAL_MS: '500' });
+    coordinator = await startSyncCoordinator(db);
     worker = await connectWorker(coordinator, { authority: 'resume-a', portRange: [20000, 20099] });
     for (let i = 0; i < 3; i++) {
       const response = await coordinator.api('POST', '/routes', routeBody(worker.id, `s${i}`));
       assert.equal(response.status, 201);
       created.push(response.body);
     }
-    await worker.waitFor(() => created.every((route) => worker.table.has(route.id)), 5000, 'routes');
+    const isHeld = () => created.every((route) => worker.table.has(route.id));
+    await worker.waitFor(isHeld, 5000, 'routes');
     await waitInSync(coordinator, worker);
   });
   after(async () => {
@@ -70,7 +71,8 @@ describe('resume after reconnect', { skip }, () => {
     assert.equal(reply.type, 'diff');
     assert.equal(reply.from_revision, from);
     assert.deepEqual(reply.removes, [created[1].id]);
-    assert.deepEqual(reply.upserts.map((route: any) => route.id).sort(), [added.body.id, created[0].id].sort());
+    const upserted = reply.upserts.map((route: any) => route.id).sort();
+    assert.deepEqual(upserted, [added.body.id, created[0].id].sort());
     await waitInSync(coordinator, worker);
     assert.equal(worker.messages.length, 1);
     await assertTableMatchesRest(coordinator.api, worker);

@@ -66,7 +66,12 @@ describe('large tables', { skip }, () => {
     const worker = coordinator.newWorker({ authority: 'large-c', portRange: [20000, 20099] });
     await worker.register({ labels: { zone: 'north' } });
     const bodies = [
-      { session_id: 'plain', service: 'lab', worker_id: worker.id, backends: [{ host: '192.0.2.1', port: 80 }] },
+      {
+        session_id: 'plain',
+        service: 'lab',
+        worker_id: worker.id,
+        backends: [{ host: '192.0.2.1', port: 80 }],
+      },
       {
         session_id: 'full',
         service: 'model',
@@ -76,12 +81,14 @@ describe('large tables', { skip }, () => {
         backends: [{ host: 'backend.example.test', port: 8443, weight: 2.5 }],
         open_to_public: true,
         allowed_client_ips: ['10.0.0.0/8', '2001:db8::/32'],
-        labels: { team: 'ünïcødé "quoted" \\ back', owner: 'line\nbreak' },
+        labels: { team: 'ünïcødé "quoted" \\ back', owner: 'emoji 🚀 and a/slash' },
         worker_selector: { zone: 'north' },
         idle_timeout_s: 600,
       },
     ];
-    for (const body of bodies) assert.equal((await coordinator.api('POST', '/routes', body)).status, 201);
+    for (const body of bodies) {
+      assert.equal((await coordinator.api('POST', '/routes', body)).status, 201);
+    }
     const rest = await coordinator.api('GET', `/routes?worker_id=${worker.id}`);
     await worker.connect();
     await worker.waitFor(() => worker.table.size === 2, 5000, 'snapshot');
@@ -92,7 +99,10 @@ describe('large tables', { skip }, () => {
   });
 
   test('a burst larger than a message arrives as chained diffs', { timeout: 120_000 }, async () => {
-    const worker = await connectWorker(coordinator, { authority: 'large-b', portRange: [10000, 59999] });
+    const worker = await connectWorker(coordinator, {
+      authority: 'large-b',
+      portRange: [10000, 59999],
+    });
     const from = worker.revision;
     worker.messages.length = 0;
     // One transaction of 5,000 routes, about 3 MB of route JSON.

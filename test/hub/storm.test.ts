@@ -14,7 +14,11 @@ const skip = await postgresSkipReason();
 const SESSIONS = 1000;
 
 /** Runs `task` over `items`, at most `limit` at a time. */
-async function inBatches<T>(items: T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
+async function inBatches<T>(
+  items: T[],
+  limit: number,
+  task: (item: T) => Promise<void>,
+): Promise<void> {
   for (let start = 0; start < items.length; start += limit) {
     await Promise.all(items.slice(start, start + limit).map(task));
   }
@@ -56,7 +60,7 @@ describe('reconnect storm', { skip }, () => {
     assert.ok(Date.now() - startedAt < 1000);
     await connecting;
     await eventually('every session answered', 60_000, () =>
-      storm.every((worker) => worker.messages.some((m) => m.type === 'snapshot' || m.type === 'diff'))
+      storm.every((worker) => worker.messages.some((m) => ['snapshot', 'diff'].includes(m.type)))
         ? true
         : undefined,
     );
@@ -72,7 +76,9 @@ describe('reconnect storm', { skip }, () => {
 
   test('1,000 sessions resuming at once get diffs', { timeout: 180_000 }, async () => {
     for (const worker of storm) worker.kill();
-    await inBatches(storm, SESSIONS, (worker) => worker.waitFor(() => worker.closeCode !== null, 5000, 'close'));
+    await inBatches(storm, SESSIONS, (worker) => {
+      return worker.waitFor(() => worker.closeCode !== null, 5000, 'close');
+    });
     await connectAll(true);
     assert.ok(storm.every((worker) => worker.messages[0].type === 'diff'));
     await eventually('every instance connected', 30_000, async () => {

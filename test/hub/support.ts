@@ -24,13 +24,19 @@ export interface SyncCoordinator extends Coordinator {
   newWorker(options?: Partial<ScriptedWorkerOptions>): ScriptedWorker;
 }
 
-/** Starts a coordinator in this process on `db`, capturing its log at `logLevel`. */
+/**
+ * Starts a coordinator in this process on `db`, capturing its log at
+ * `logLevel`. Its heartbeat interval is a minute unless `env` sets one, so no
+ * worker that a test closed is declared lost during the suite and its routes
+ * never fail over onto the workers of later tests.
+ */
 export async function startSyncCoordinator(
   db: TestDatabase,
   env: Record<string, string> = {},
   logLevel = 'info',
 ): Promise<SyncCoordinator> {
   const config = parseConfig(['--port', '0', '--data-dir', db.dataDir, '--log-level', logLevel], {
+    APPPROXY_HEARTBEAT_INTERVAL_MS: '60000',
     ...env,
     ...(db.url ? { DATABASE_URL: db.url } : {}),
   });
@@ -62,7 +68,8 @@ export function apiFor(baseUrl: string, token: string): Api {
       signal: AbortSignal.timeout(30_000),
     });
     const text = await response.text();
-    return { status: response.status, headers: response.headers, body: text ? JSON.parse(text) : null };
+    const json = text ? JSON.parse(text) : null;
+    return { status: response.status, headers: response.headers, body: json };
   };
 }
 
@@ -123,7 +130,8 @@ export async function connectWorker(
   const worker = coordinator.newWorker(options);
   await worker.register();
   await worker.connect();
-  await worker.waitFor(() => worker.messages.some((m) => m.type === 'snapshot' && !m.more), 10_000, 'snapshot');
+  const hasSnapshot = () => worker.messages.some((m) => m.type === 'snapshot' && !m.more);
+  await worker.waitFor(hasSnapshot, 10_000, 'snapshot');
   return worker;
 }
 

@@ -77,7 +77,8 @@ describe('group-commit writer', { skip }, () => {
   async function assertStoredDigests(): Promise<void> {
     for (const id of workerIds) {
       const rows = await db.sql`SELECT id, revision FROM routes WHERE worker_id = ${id}`;
-      const computed = tableDigest(rows.map((row) => ({ id: String(row.id), revision: Number(row.revision) })));
+      const versions = rows.map((row) => ({ id: String(row.id), revision: Number(row.revision) }));
+      const computed = tableDigest(versions);
       assert.equal(await readTableDigest(db.sql, id), computed, `digest of worker ${id}`);
     }
   }
@@ -92,7 +93,8 @@ describe('group-commit writer', { skip }, () => {
     assert.ok(committed.length < 60, `${committed.length} transactions for 60 writes`);
     const revisions = committed.flat().map((change) => change.revision);
     assert.deepEqual(revisions, Array.from({ length: 60 }, (_, i) => before + 1 + i));
-    const stored = await db.sql`SELECT revision FROM changes WHERE revision > ${before} ORDER BY revision`;
+    const stored = await db.sql`
+      SELECT revision FROM changes WHERE revision > ${before} ORDER BY revision`;
     assert.deepEqual(stored.map((row) => Number(row.revision)), revisions);
     assert.equal((await readMeta(db.sql)).revision, before + 60);
   });
@@ -143,12 +145,14 @@ describe('group-commit writer', { skip }, () => {
     const moved = await workers.failOver();
     assert.ok(moved.length > 0, 'routes moved to the other worker');
     await assertStoredDigests();
-    const [onFirst] = await db.sql`SELECT count(*) AS count FROM routes WHERE worker_id = ${workerIds[0]}`;
+    const [onFirst] = await db.sql`
+      SELECT count(*) AS count FROM routes WHERE worker_id = ${workerIds[0]}`;
     assert.equal(Number(onFirst.count), 0);
   });
 
   test('digest migration matches the digest of the routes', async () => {
-    const text = await readFile(new URL('../../sql/006_worker_table_digest.sql', import.meta.url), 'utf8');
+    const file = new URL('../../sql/006_worker_table_digest.sql', import.meta.url);
+    const text = await readFile(file, 'utf8');
     const update = text.slice(text.indexOf('UPDATE workers'));
     await db.sql`UPDATE workers SET digest_high = 0, digest_low = 0`;
     await db.sql.unsafe(update);
