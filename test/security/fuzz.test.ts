@@ -69,6 +69,7 @@ describe('hostile input', { skip }, () => {
   }
 
   test('generated REST bodies never cause a server error', async () => {
+    const heapBefore = process.memoryUsage().heapUsed;
     const targets = [
       { method: 'POST', path: '/routes', body: bodyOf(routeKeys), token: 'manager' },
       { method: 'POST', path: '/workers/register', body: bodyOf(workerKeys), token: 'worker' },
@@ -84,6 +85,10 @@ describe('hostile input', { skip }, () => {
         { seed: SEED, numRuns: RUNS },
       );
     }
+    // The coordinator runs in this process: rejected requests must not leave memory behind.
+    global.gc?.();
+    const growthMiB = (process.memoryUsage().heapUsed - heapBefore) / 2 ** 20;
+    assert.ok(growthMiB < 64, `heap grew by ${growthMiB.toFixed(1)} MiB during the fuzz run`);
   });
 
   test('prototype keys in bodies have no effect', async () => {
