@@ -31,10 +31,12 @@ bench: install
 	node --import tsx bench/compare.ts
 	node --import tsx bench/failover.ts
 	node --import tsx bench/sync.ts
+	node --import tsx bench/cross-instance.ts
 
 # Only the sync benchmarks: write to ack, a snapshot of 100,000 routes, a reconnect storm.
 bench-sync: install
 	node --import tsx bench/sync.ts
+	node --import tsx bench/cross-instance.ts
 
 # Only the side-by-side comparison with configurable-http-proxy.
 bench-compare: install

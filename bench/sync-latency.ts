@@ -119,8 +119,14 @@ export interface LatencyResult {
   requestToResponse: number[];
 }
 
-/** Sets up 100 workers with 50,000 routes and measures three kinds of writes. */
-export async function measureLatency(): Promise<LatencyResult[]> {
+/**
+ * Sets up 100 workers with 50,000 routes and measures three kinds of writes.
+ * With `crossInstance`, the writes go through a second coordinator on the
+ * same database, so each change reaches the workers through LISTEN/NOTIFY.
+ */
+export async function measureLatency(
+  options: { crossInstance?: boolean } = {},
+): Promise<LatencyResult[]> {
   const db = await createTestDatabase();
   const dataDir = await mkdtemp(path.join(tmpdir(), 'appproxy-bench-'));
   const coordinator = await startCoordinatorChild({
@@ -128,6 +134,12 @@ export async function measureLatency(): Promise<LatencyResult[]> {
     dataDir,
     profileDir: process.env.BENCH_PROFILE_DIR,
   });
+  const writer = options.crossInstance
+    ? await startCoordinatorChild({
+        databaseUrl: db.url as string,
+        dataDir: await mkdtemp(path.join(tmpdir(), 'appproxy-bench-writer-')),
+      })
+    : coordinator;
   const listener = postgres(db.url as string, { max: 1, onnotice: () => {} });
   try {
     await listener.listen('appproxy_changes', (payload) => {
@@ -140,7 +152,7 @@ export async function measureLatency(): Promise<LatencyResult[]> {
     await Promise.all(workers.map((worker) => worker.connect(coordinator.url, false)));
     const snapshotMs = (performance.now() - startedAt).toFixed(0);
     console.log(`${WORKERS} workers took snapshots of ${routes.length} routes in ${snapshotMs} ms`);
-    const figures = await runWrites(coordinator.url, coordinator.tokens.manager, workers, routes);
+    const figures = await runWrites(writer.url, writer.tokens.manager, workers, routes);
     // Notifications of the last commits may still be on their way.
     await new Promise((resolve) => setTimeout(resolve, 200));
     return figures.map((figure) => ({
@@ -155,6 +167,7 @@ export async function measureLatency(): Promise<LatencyResult[]> {
   } finally {
     await Promise.all(workersToClose.map((worker) => worker.close()));
     await coordinator.stop();
+    if (writer !== coordinator) await writer.stop();
     await listener.end();
     await db.drop();
   }
