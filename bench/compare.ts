@@ -30,7 +30,7 @@ const PROXY_SECONDS = Number(process.env.BENCH_PROXY_SECONDS ?? 5);
 const MEMORY_WORKERS = Number(process.env.BENCH_MEMORY_WORKERS ?? 500);
 const CHP_TOKEN = randomUUID();
 
-/** A typical route: two backends and three labels, about 300 bytes of JSON. */
+/** Builds a typical route body: two backends and three labels, about 300 bytes of JSON. */
 function routeBody(sessionId: string) {
   return {
     session_id: sessionId,

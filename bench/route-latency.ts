@@ -1,5 +1,5 @@
 // Measures how long a route takes from `POST /routes` until a connected
-// worker holds it, on the PostgreSQL of the test suites. Stops by itself.
+// worker has it in its table, on the PostgreSQL of the test suites. Stops by itself.
 import { startTestCoordinator } from '../test/helpers/coordinator.ts';
 import { ScriptedWorker } from '../test/helpers/scripted-worker.ts';
 
@@ -24,7 +24,7 @@ for (let i = 0; i < ROUTES; i++) {
 }
 samplesMs.sort((a, b) => a - b);
 const at = (q: number) => samplesMs[Math.min(samplesMs.length - 1, Math.floor(q * samplesMs.length))].toFixed(2);
-console.log(`POST /routes until the worker holds the route, ${ROUTES} routes one at a time:`);
+console.log(`POST /routes until the route is in the worker's table, ${ROUTES} routes one at a time:`);
 console.log(`p50 ${at(0.5)} ms, p99 ${at(0.99)} ms, max ${at(1)} ms`);
 await worker.close();
 await coordinator.stop();

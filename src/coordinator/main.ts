@@ -23,7 +23,7 @@ async function main(): Promise<void> {
 
   let coordinator: Coordinator;
   try {
-    // Loaded only now, so --help, --print-config and settings errors answer quickly.
+    // Loaded only now, so --help, --print-config and settings errors return quickly.
     const { startCoordinator } = await import('./coordinator.ts');
     coordinator = await startCoordinator(config, log);
   } catch (error) {

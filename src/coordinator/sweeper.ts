@@ -184,7 +184,7 @@ export class Sweeper {
 
   async #releaseOrphanedSessions(): Promise<void> {
     const { presence, presenceTimeoutMs = 10_000 } = this.#options;
-    // Right after an outage nobody could record presence, so wait one timeout first.
+    // Right after an outage no coordinator could record presence, so wait one timeout first.
     if (!presence || Date.now() - this.#watchingSince < presenceTimeoutMs) return;
     const released = await presence.releaseOrphanedSessions(new Date(Date.now() - presenceTimeoutMs));
     if (released > 0) {

@@ -46,7 +46,7 @@ export const readJsonBody: Middleware<HttpState> = async (ctx: HttpContext, next
 };
 
 /**
- * Rejects a body that is not a JSON object, or that holds text PostgreSQL
+ * Rejects a body that is not a JSON object, or that contains text PostgreSQL
  * cannot store: a NUL character or half of a UTF-16 surrogate pair.
  */
 function checkBody(body: unknown): void {

@@ -94,7 +94,7 @@ function toProblem(ctx: HttpContext, error: AppError): Problem {
   };
 }
 
-/** A 500 contains only the request id; the full error is logged under that id. */
+/** Builds a 500 that contains only the request id; the full error is logged under that id. */
 function internalProblem(requestId: string): Problem {
   return {
     type: `${PROBLEM_TYPE_BASE}internal_error`,

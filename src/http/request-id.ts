@@ -37,7 +37,7 @@ export function assignRequestId(
   };
 }
 
-/** The path pattern the router matched, such as `/routes/:id`; ids never become labels. */
+/** Returns the path pattern the router matched, such as `/routes/:id`, so ids never become metric labels. */
 function routeTemplate(ctx: HttpContext): string {
   const matched = (ctx as { _matchedRoute?: unknown })._matchedRoute;
   return typeof matched === 'string' ? matched : 'unmatched';

@@ -15,9 +15,10 @@ export interface ChangeFeedOptions {
 const FETCH_LIMIT = 1000;
 
 /**
- * Delivers every committed change to listeners exactly once, in revision
- * order with no gaps. Local commits arrive straight from the writer; commits
- * of other coordinators arrive through LISTEN/NOTIFY and the safety poll.
+ * Delivers every committed change to listeners once, in revision order with
+ * no gaps, unless this coordinator fell behind a compaction (logged as an
+ * error). Local commits come from the writer, and other coordinators' commits
+ * through LISTEN/NOTIFY and the safety poll.
  */
 export class ChangeFeed {
   readonly #sql: Sql;

@@ -297,7 +297,7 @@ export class PlacementPlanner {
 
   /**
    * Copies `workers`, because the planner changes its own load counts.
-   * `known` holds addresses of an earlier plan that still match what is
+   * `known` contains addresses of an earlier plan that still match what is
    * stored. The planner goes on from them and reads those workers' addresses
    * no second time.
    */

@@ -85,15 +85,14 @@ export class CreateBatcher {
     };
     const job = this.#writer.run(async (tx) => {
       // The creates waiting when the job starts are its own; the writer may run it twice.
-      take();
-      if (!taken) return { outcomes: [] };
+      const creates = take();
       // The planner changes the last plan's address book in place. A run may roll back, so it
       // takes the book away, and only a commit hands a book on.
       const lastPlan = this.#lastPlan;
       this.#lastPlan = undefined;
       const isPlanKnown = lastPlan?.revision === tx.revision;
-      if (taken.length === 1 && !isPlanKnown) return this.#createAlone(tx, taken[0].body);
-      return createAll(tx, taken, isPlanKnown ? lastPlan : undefined, this.#matchExisting);
+      if (creates.length === 1 && !isPlanKnown) return this.#createAlone(tx, creates[0].body);
+      return createAll(tx, creates, isPlanKnown ? lastPlan : undefined, this.#matchExisting);
     });
     job.then(
       ({ outcomes, plan }: { outcomes: Outcome[]; plan?: PlanState }) => {

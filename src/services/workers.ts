@@ -32,7 +32,7 @@ const REGISTRATION_ROUTE_LIMIT = 1000;
  * Routes moved by one write transaction. The bound keeps each transaction
  * short (about 0.3 s on 2 cores), so other writes wait little behind it.
  * NOTE: a batch that waits and runs past the writer's job timeout (2 s) fails
- * that sweep, which then logs the database as unreachable; the next sweep
+ * that sweep, which then logs the database as unreachable. The next sweep
  * moves the rest.
  */
 const MOVE_BATCH = 2000;

@@ -119,9 +119,9 @@ async function openEmbedded(options: DatabaseOptions): Promise<Database> {
 }
 
 /**
- * Takes the data directory for this process. Two processes on one embedded
+ * Locks the data directory for this process. Two processes on one embedded
  * database would each keep their own copy and lose each other's writes, so a
- * second one fails here; a lock left by a process that no longer runs is taken over.
+ * second one fails here. A lock left by a process that no longer runs is taken over.
  *
  * @returns a function that releases the lock.
  */

@@ -137,9 +137,8 @@ export interface WorkerRegistration {
 
 /**
  * Inserts a worker or replaces its registration, keeping its id and sync state.
- * It locks the worker's instance rows before the worker row, in the order that ack
- * and heartbeat writes lock them, so a registration and those writes never wait on
- * each other in a cycle.
+ * It locks the worker's instance rows before the worker row, the order that ack
+ * and heartbeat writes use, to avoid lock cycles with them.
  */
 export async function upsertWorker(q: Queryable, registration: WorkerRegistration): Promise<void> {
   const { id, body, generation, status, at } = registration;
@@ -396,10 +395,10 @@ export async function setInstanceSession(
 }
 
 /**
- * Marks an instance's session closed, but only while `holderId` still holds
+ * Marks an instance's session closed, but only while `holderId` still owns
  * it: a session that moved to another coordinator meanwhile stays open.
  *
- * @returns false when another coordinator or registration holds the instance.
+ * @returns false when another coordinator or registration owns the instance.
  */
 export async function releaseInstanceSession(
   q: Queryable,

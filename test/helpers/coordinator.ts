@@ -8,7 +8,7 @@ import { createTestDatabase, type TestDatabase } from './database.ts';
 export interface TestCoordinator extends Coordinator {
   db: TestDatabase;
   tokens: { manager: string; worker: string; read: string };
-  /** Calls the REST API with the manager token unless `token` says otherwise. */
+  /** Calls the REST API with the manager token unless `token` is given. */
   api(method: string, urlPath: string, body?: unknown, token?: string): Promise<ApiResponse>;
   stop(): Promise<void>;
 }

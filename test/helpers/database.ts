@@ -12,7 +12,7 @@ export const isEmbeddedRun = process.env.APPPROXY_TEST_EMBEDDED === '1';
 
 let reachable: Promise<boolean> | undefined;
 
-/** Returns whether the test PostgreSQL answers. */
+/** Returns whether the test PostgreSQL accepts connections. */
 export function isPostgresReachable(): Promise<boolean> {
   reachable ??= (async () => {
     const sql = postgres(ADMIN_URL, { max: 1, connect_timeout: 2, onnotice: () => {} });

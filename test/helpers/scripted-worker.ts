@@ -69,7 +69,7 @@ export interface ScriptedWorkerOptions {
 }
 
 /**
- * A worker driven by a test: registers, holds the session, keeps its table
+ * A worker driven by a test: registers, keeps one session open, keeps its table
  * and digest as the contract says, and records every message it receives.
  */
 export class ScriptedWorker {
@@ -129,7 +129,7 @@ export class ScriptedWorker {
     return json;
   }
 
-  /** Opens the session and sends hello; with `resume`, asks for a diff from its table. */
+  /** Opens the session and sends hello; with `resume`, requests a diff from its table. */
   async connect(resume = false): Promise<void> {
     const url = `${this.options.coordinatorUrl.replace(/^http/, 'ws')}/workers/stream`;
     const socket = new WebSocket(url, { headers: { authorization: `Bearer ${this.registration.session_token}` } });
