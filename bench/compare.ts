@@ -11,8 +11,12 @@ import { freePort, startCoordinatorProcess } from '../test/helpers/processes.ts'
 import { ScriptedWorker } from '../test/helpers/scripted-worker.ts';
 import {
   ROOT,
+  cpuSeconds,
   formatSpread,
+  heapAfterGc,
+  JsonClient,
   machineFacts,
+  postgresCpuSeconds,
   quantile,
   residentBytes,
   runConcurrently,
@@ -47,20 +51,37 @@ interface WriteFigures {
   ratePerS: number;
   p50Ms: number;
   p99Ms: number;
+  /** CPU used per route, in ms: by the server process, by PostgreSQL, and by this process. */
+  cpuMs: { server: number; postgres: number; bench: number };
 }
 
-async function timeWrites(concurrency: number, write: (i: number) => Promise<void>): Promise<WriteFigures> {
+/** Writes ROUTES routes, `concurrency` at a time, and measures rate, latency and CPU. */
+async function timeWrites(
+  concurrency: number,
+  serverPid: number | undefined,
+  write: (i: number) => Promise<void>,
+): Promise<WriteFigures> {
+  const serverCpu = () => (serverPid === undefined ? Promise.resolve(0) : cpuSeconds(serverPid));
+  const [serverBefore, postgresBefore] = await Promise.all([serverCpu(), postgresCpuSeconds()]);
+  const benchBefore = process.cpuUsage();
   const { latenciesMs, elapsedMs } = await runConcurrently(ROUTES, concurrency, write);
+  const bench = process.cpuUsage(benchBefore);
+  const [serverAfter, postgresAfter] = await Promise.all([serverCpu(), postgresCpuSeconds()]);
+  const perRouteMs = (seconds: number) => (seconds * 1000) / ROUTES;
   return {
     ratePerS: (ROUTES / elapsedMs) * 1000,
     p50Ms: quantile(latenciesMs, 0.5),
     p99Ms: quantile(latenciesMs, 0.99),
+    cpuMs: {
+      server: perRouteMs(serverAfter - serverBefore),
+      postgres: perRouteMs(postgresAfter - postgresBefore),
+      bench: perRouteMs((bench.user + bench.system) / 1e6),
+    },
   };
 }
 
-async function expectOk(response: Response, what: string): Promise<void> {
-  const text = await response.text();
-  if (response.status >= 300) throw new Error(`${what} failed: ${response.status} ${text}`);
+function expectOk(response: { status: number; text: string }, what: string): void {
+  if (response.status >= 300) throw new Error(`${what} failed: ${response.status} ${response.text}`);
 }
 
 async function main() {
@@ -69,6 +90,8 @@ async function main() {
     databaseUrl: db.url,
     dataDir: db.dataDir,
     env: { APPPROXY_LOG_LEVEL: 'warn' },
+    // The inspector, on loopback, lets the memory figures be read after a full collection.
+    nodeArgs: ['--inspect=127.0.0.1:0'],
   });
   const tokens = await coordinator.tokens();
   const managerHeaders = { authorization: `Bearer ${tokens.manager}`, 'content-type': 'application/json' };
@@ -91,7 +114,15 @@ async function main() {
   const floorSql = postgres(db.url as string, { max: 1, onnotice: () => {} });
   await floorSql`CREATE TABLE bench_floor (id uuid PRIMARY KEY, body jsonb NOT NULL)`;
 
-  const writes = await measureWrites({ coordinatorUrl: coordinator.url, managerHeaders, chpApiPort, chpHeaders, floorSql });
+  const writes = await measureWrites({
+    coordinatorUrl: coordinator.url,
+    coordinatorPid: coordinator.child.pid as number,
+    managerHeaders,
+    chpApiPort,
+    chpPid: chp.child.pid as number,
+    chpHeaders,
+    floorSql,
+  });
   const proxy = await measureProxy({ coordinatorUrl: coordinator.url, tokens, managerHeaders, chpApiPort, chpPort, chpHeaders });
   const memory = await measureMemory(coordinator, tokens, managerHeaders);
 
@@ -123,37 +154,35 @@ async function connectWorkers(url: string, token: string, count: number, prefix:
 
 async function measureWrites(options: {
   coordinatorUrl: string;
+  coordinatorPid: number;
   managerHeaders: Record<string, string>;
   chpApiPort: number;
+  chpPid: number;
   chpHeaders: Record<string, string>;
   floorSql: postgres.Sql;
 }) {
+  const coordinatorClient = new JsonClient(options.managerHeaders);
+  const chpClient = new JsonClient(options.chpHeaders);
   const results: Record<string, WriteFigures[]> = {};
   const add = (name: string, figures: WriteFigures) => (results[name] ??= []).push(figures);
   for (let run = 0; run < RUNS; run++) {
     for (const concurrency of [1, 32]) {
       const tag = `${run}-${concurrency}-${randomUUID().slice(0, 8)}`;
-      add(`coordinator, ${concurrency} at a time`, await timeWrites(concurrency, async (i) => {
-        const response = await fetch(`${options.coordinatorUrl}/routes`, {
-          method: 'POST',
-          headers: options.managerHeaders,
-          body: JSON.stringify(routeBody(`w${tag}-${i}`)),
-        });
-        await expectOk(response, 'POST /routes');
+      add(`coordinator, ${concurrency} at a time`, await timeWrites(concurrency, options.coordinatorPid, async (i) => {
+        const response = await coordinatorClient.request('POST', `${options.coordinatorUrl}/routes`, routeBody(`w${tag}-${i}`));
+        expectOk(response, 'POST /routes');
       }));
-      add(`configurable-http-proxy, ${concurrency} at a time`, await timeWrites(concurrency, async (i) => {
-        const response = await fetch(`http://127.0.0.1:${options.chpApiPort}/api/routes/u/${tag}-${i}`, {
-          method: 'POST',
-          headers: options.chpHeaders,
-          body: JSON.stringify({ target: 'http://10.20.30.40:8888' }),
-        });
-        await expectOk(response, 'POST /api/routes');
+      add(`configurable-http-proxy, ${concurrency} at a time`, await timeWrites(concurrency, options.chpPid, async (i) => {
+        const url = `http://127.0.0.1:${options.chpApiPort}/api/routes/u/${tag}-${i}`;
+        expectOk(await chpClient.request('POST', url, { target: 'http://10.20.30.40:8888' }), 'POST /api/routes');
       }));
     }
-    add('bare INSERT, 1 at a time', await timeWrites(1, async () => {
+    add('bare INSERT, 1 at a time', await timeWrites(1, undefined, async () => {
       await options.floorSql`INSERT INTO bench_floor VALUES (${randomUUID()}, ${JSON.stringify(routeBody('x'))}::text::jsonb)`;
     }));
   }
+  coordinatorClient.close();
+  chpClient.close();
   return results;
 }
 
@@ -187,9 +216,10 @@ async function measureProxy(options: {
       backends: [{ host: '127.0.0.1', port: backendPort }] }),
   });
   const route = await created.json();
-  await expectOk(await fetch(`http://127.0.0.1:${options.chpApiPort}/api/routes/`, {
+  const chpRoute = await fetch(`http://127.0.0.1:${options.chpApiPort}/api/routes/`, {
     method: 'POST', headers: options.chpHeaders, body: JSON.stringify({ target: `http://127.0.0.1:${backendPort}` }),
-  }), 'CHP route');
+  });
+  expectOk({ status: chpRoute.status, text: await chpRoute.text() }, 'CHP route');
   await waitUntil('route served by the worker', 10_000, async () => (await fetch(route.url)).status === 200);
 
   const targets = {
@@ -209,43 +239,51 @@ async function measureProxy(options: {
   return results;
 }
 
+/** Coordinator memory: live heap and buffers after a full collection, and resident set. */
+interface MemoryReading {
+  held: number;
+  resident: number;
+}
+
+async function readMemory(coordinator: Awaited<ReturnType<typeof startCoordinatorProcess>>): Promise<MemoryReading> {
+  const heap = await heapAfterGc(coordinator.output);
+  return { held: heap.heapUsed + heap.external, resident: await residentBytes(coordinator.child.pid as number) };
+}
+
 async function measureMemory(
   coordinator: Awaited<ReturnType<typeof startCoordinatorProcess>>,
   tokens: { worker: string },
   managerHeaders: Record<string, string>,
 ) {
-  const pid = coordinator.child.pid as number;
-  await new Promise((resolve) => setTimeout(resolve, 2000));
-  const before = await residentBytes(pid);
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 2000));
+  await settle();
+  const before = await readMemory(coordinator);
   const extra = await connectWorkers(coordinator.url, tokens.worker, MEMORY_WORKERS, 'mem');
-  await new Promise((resolve) => setTimeout(resolve, 2000));
-  const afterWorkers = await residentBytes(pid);
-  const routeCountBefore = await countRoutes(coordinator.url, managerHeaders);
+  await settle();
+  const afterWorkers = await readMemory(coordinator);
+  const client = new JsonClient(managerHeaders);
   await runConcurrently(ROUTES, 32, async (i) => {
-    const response = await fetch(`${coordinator.url}/routes`, {
-      method: 'POST', headers: managerHeaders, body: JSON.stringify(routeBody(`mem-${i}`)),
-    });
-    await expectOk(response, 'POST /routes');
+    expectOk(await client.request('POST', `${coordinator.url}/routes`, routeBody(`mem-${i}`)), 'POST /routes');
   });
-  await new Promise((resolve) => setTimeout(resolve, 2000));
-  const afterRoutes = await residentBytes(pid);
+  client.close();
+  await settle();
+  const afterRoutes = await readMemory(coordinator);
   for (const worker of extra) await worker.close();
-  return {
-    perWorkerBytes: (afterWorkers - before) / MEMORY_WORKERS,
-    perRouteBytes: (afterRoutes - afterWorkers) / ROUTES,
-    routeCountBefore,
-  };
+  const per = (from: MemoryReading, to: MemoryReading, count: number) => ({
+    held: (to.held - from.held) / count,
+    resident: (to.resident - from.resident) / count,
+  });
+  return { perWorker: per(before, afterWorkers, MEMORY_WORKERS), perRoute: per(afterWorkers, afterRoutes, ROUTES) };
 }
 
-async function countRoutes(url: string, headers: Record<string, string>): Promise<number> {
-  const response = await fetch(`${url}/health`, { headers });
-  return (await response.json()).revision;
+function kib(bytes: number): string {
+  return (bytes / 1024).toFixed(2);
 }
 
 async function report(
   writes: Record<string, WriteFigures[]>,
   proxy: Record<string, Array<{ rate: number; p99: number }>>,
-  memory: { perWorkerBytes: number; perRouteBytes: number },
+  memory: Awaited<ReturnType<typeof measureMemory>>,
 ) {
   const lines = [
     '## Compared with configurable-http-proxy',
@@ -257,12 +295,19 @@ async function report(
     '',
     '### Route writes',
     '',
-    '| writer | routes/s | p50 ms | p99 ms |',
-    '|---|---|---|---|',
+    'CPU columns: CPU time per route, in ms, used by the server process, by all PostgreSQL ' +
+      'processes, and by the benchmark process (the HTTP client and, for the coordinator, the ' +
+      `${WORKERS} workers receiving and acknowledging every route), read from /proc.`,
+    '',
+    '| writer | routes/s | p50 ms | p99 ms | CPU server | CPU PostgreSQL | CPU bench |',
+    '|---|---|---|---|---|---|---|',
   ];
   for (const [name, runs] of Object.entries(writes)) {
     const row = (pick: (f: WriteFigures) => number, digits: number) => formatSpread(spread(runs.map(pick)), digits);
-    lines.push(`| ${name} | ${row((f) => f.ratePerS, 0)} | ${row((f) => f.p50Ms, 2)} | ${row((f) => f.p99Ms, 2)} |`);
+    lines.push(
+      `| ${name} | ${row((f) => f.ratePerS, 0)} | ${row((f) => f.p50Ms, 2)} | ${row((f) => f.p99Ms, 2)} ` +
+        `| ${row((f) => f.cpuMs.server, 3)} | ${row((f) => f.cpuMs.postgres, 3)} | ${row((f) => f.cpuMs.bench, 3)} |`,
+    );
   }
   lines.push('', '### Proxied requests', '', '| path | requests/s | p99 ms |', '|---|---|---|');
   for (const [name, runs] of Object.entries(proxy)) {
@@ -282,10 +327,15 @@ async function report(
     `- Proxied requests, reference worker / configurable-http-proxy: ` +
       `${ratio(proxyRates('reference worker'), proxyRates('configurable-http-proxy'))}`,
     '',
-    '### Coordinator memory (resident set growth, an estimate)',
+    '### Coordinator memory',
     '',
-    `- per connected worker: ${(memory.perWorkerBytes / 1024).toFixed(1)} KiB (${MEMORY_WORKERS} more workers)`,
-    `- per route held: ${(memory.perRouteBytes / 1024).toFixed(2)} KiB (${ROUTES} more routes; routes live in PostgreSQL, not in coordinator memory)`,
+    'Held: growth of live heap plus buffers after two full collections, read through the inspector. ' +
+      'Resident: growth of the resident set, which also counts freed memory the allocator keeps.',
+    '',
+    '| per | held KiB | resident KiB |',
+    '|---|---|---|',
+    `| connected worker (${MEMORY_WORKERS} more) | ${kib(memory.perWorker.held)} | ${kib(memory.perWorker.resident)} |`,
+    `| route (${ROUTES} more; routes live in PostgreSQL) | ${kib(memory.perRoute.held)} | ${kib(memory.perRoute.resident)} |`,
   );
   const markdown = lines.join('\n');
   console.log(markdown);

@@ -1,13 +1,16 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
+import { WebSocket } from 'ws';
 
 // Helpers shared by the benchmarks: statistics, child processes and the results page.
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 const RESULTS_PAGE = path.join(ROOT, 'docs', 'benchmarks.md');
 
 /** Returns the q-quantile (0..1) of ascending `sorted` samples. */
@@ -82,6 +85,111 @@ export async function residentBytes(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const match = /VmRSS:\s+(\d+) kB/.exec(status);
   return match ? Number(match[1]) * 1024 : Number.NaN;
+}
+
+/**
+ * Sends JSON requests over kept-alive connections with node:http, which
+ * costs the load generator less CPU per request than fetch, so the servers
+ * measured get more of the shared cores.
+ */
+export class JsonClient {
+  readonly #agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  readonly #headers: Record<string, string>;
+
+  constructor(headers: Record<string, string>) {
+    this.#headers = { ...headers, 'content-type': 'application/json' };
+  }
+
+  /** Sends one request; resolves with the status and body text. */
+  request(method: string, url: string, body?: unknown): Promise<{ status: number; text: string }> {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const headers = payload === undefined ? this.#headers : { ...this.#headers, 'content-length': String(Buffer.byteLength(payload)) };
+    return new Promise((resolve, reject) => {
+      const request = http.request(url, { method, headers, agent: this.#agent }, (response) => {
+        let text = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk) => (text += chunk));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, text }));
+        response.on('error', reject);
+      });
+      request.on('error', reject);
+      request.end(payload);
+    });
+  }
+
+  close(): void {
+    this.#agent.destroy();
+  }
+}
+
+/** Returns the CPU time a process has used so far, user and system, in seconds, from /proc. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name, which is in parentheses and may hold spaces.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+}
+
+/** Returns the CPU time of every PostgreSQL process on this machine so far, in seconds. */
+export async function postgresCpuSeconds(): Promise<number> {
+  let total = 0;
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const comm = await readFile(`/proc/${entry}/comm`, 'utf8').catch(() => '');
+    if (comm.trim() !== 'postgres') continue;
+    total += await cpuSeconds(Number(entry)).catch(() => 0);
+  }
+  return total;
+}
+
+/** Memory in use by a process after a full garbage collection, in bytes. */
+export interface HeapReading {
+  /** JavaScript objects still reachable. */
+  heapUsed: number;
+  /** Memory outside the heap that objects reference: buffers and native state. */
+  external: number;
+}
+
+/**
+ * Reads a process's memory after a full garbage collection, through the
+ * inspector it opened with `--inspect=127.0.0.1:0`. `output` returns what the
+ * process has printed so far, where the inspector's address appears.
+ */
+export async function heapAfterGc(output: () => string): Promise<HeapReading> {
+  const match = /Debugger listening on (ws:\/\/127\.0\.0\.1:\d+\/[\w-]+)/.exec(output());
+  if (!match) throw new Error('the process printed no inspector address; start it with --inspect=127.0.0.1:0');
+  const socket = new WebSocket(match[1]);
+  await new Promise((resolve, reject) => {
+    socket.once('open', resolve);
+    socket.once('error', reject);
+  });
+  let nextId = 0;
+  const call = (method: string, params: object = {}) =>
+    new Promise<any>((resolve, reject) => {
+      const id = ++nextId;
+      const onMessage = (data: Buffer) => {
+        const message = JSON.parse(String(data));
+        if (message.id !== id) return;
+        socket.off('message', onMessage);
+        if (message.error) reject(new Error(message.error.message));
+        else resolve(message.result);
+      };
+      socket.on('message', onMessage);
+      socket.send(JSON.stringify({ id, method, params }));
+    });
+  try {
+    // Twice: the first collection can leave objects that only the second frees.
+    await call('HeapProfiler.collectGarbage');
+    await call('HeapProfiler.collectGarbage');
+    const result = await call('Runtime.evaluate', {
+      expression: 'JSON.stringify(process.memoryUsage())',
+      returnByValue: true,
+    });
+    const usage = JSON.parse(result.result.value);
+    return { heapUsed: usage.heapUsed, external: usage.external };
+  } finally {
+    socket.close();
+  }
 }
 
 /** Facts about this machine and checkout, for the results page. */

@@ -89,6 +89,8 @@ async function startOn(db: Database, config: CoordinatorConfig, log: Logger): Pr
     maxBatch: 100,
     timeoutMs: WRITE_TIMEOUT_MS,
     onCommit: (changes) => feed.publish(changes),
+    onCommitting: (revision) => feed.expect(revision),
+    onCommitFailed: () => feed.expectFailed(),
     metrics,
   });
   const heartbeat = { intervalMs: config.heartbeatIntervalMs, misses: config.heartbeatMisses };

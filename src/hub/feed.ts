@@ -26,6 +26,8 @@ export class ChangeFeed {
   readonly #options: ChangeFeedOptions;
   readonly #listeners = new Set<ChangeListener>();
   #revision = 0;
+  /** The last revision of a local commit under way, whose notification needs no read. */
+  #committing = 0;
   #isFetching = false;
   #isFetchRequested = false;
   #timer: NodeJS.Timeout | undefined;
@@ -45,10 +47,11 @@ export class ChangeFeed {
   async start(): Promise<void> {
     this.#revision = (await readMeta(this.#sql)).revision;
     if (this.#options.supportsListen) {
-      // The payload is the last revision of the commit; this process's own commits
-      // are usually published before their notification arrives, so need no read.
+      // The payload is the last revision of the commit. This process's own commits
+      // are published by the writer, so their notifications need no read.
       const listener = await this.#sql.listen('appproxy_changes', (payload) => {
-        if (!(Number(payload) <= this.#revision)) this.wake();
+        const revision = Number(payload);
+        if (!(revision <= this.#revision || revision === this.#committing)) this.wake();
       });
       this.#unlisten = listener.unlisten;
     }
@@ -63,6 +66,20 @@ export class ChangeFeed {
   subscribe(listener: ChangeListener): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Notes a local commit under way, ending at `revision`. Revisions are taken
+   * under a lock, so no other commit can end at the same one while it runs.
+   */
+  expect(revision: number): void {
+    this.#committing = revision;
+  }
+
+  /** Forgets a local commit that failed, and reads what may have committed anyway. */
+  expectFailed(): void {
+    this.#committing = 0;
+    this.wake();
   }
 
   /** Takes changes this process committed; ones that do not follow on are read from the log. */

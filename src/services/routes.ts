@@ -90,17 +90,22 @@ export class RouteService {
 
   /** Creates one route with per-route queries, as a write job. */
   async #createOne(tx: WriteTx, body: CreateRouteBody): Promise<{ route: Route; isCreated: boolean }> {
-    // Both reads go out together: the driver pipelines them on the transaction's connection.
-    const [existing, workers] = await Promise.all([
+    const request = placementRequest(body, body.session_id);
+    // The reads go out together: the driver pipelines them on the transaction's connection.
+    const firstSubdomain = request.port === undefined
+      ? (request.subdomain ?? subdomainChoices(request).next().value)
+      : undefined;
+    const [existing, workers, taken] = await Promise.all([
       store.findRouteBySessionService(tx.sql, body.session_id, body.service),
       placementCandidates(tx.sql),
+      firstSubdomain === undefined ? undefined : store.routeIdsAtSubdomain(tx.sql, firstSubdomain),
     ]);
     if (existing) return { route: matchExisting(existing, body), isCreated: false };
 
-    const request = placementRequest(body, body.session_id);
-    const placement = await placeRoute(tx.sql, request, workers);
+    const readAhead = taken && { subdomain: firstSubdomain as string, routeIds: taken };
+    const placement = await placeRoute(tx.sql, request, workers, readAhead);
     const route = newRoute({ ...body, id: randomUUID(), placement, tx });
-    await store.insertRoute(tx.sql, route);
+    tx.send(store.insertRoute(tx.sql, route));
     recordCreated(tx, route);
     return { route, isCreated: true };
   }
@@ -210,25 +215,44 @@ function matchExisting(existing: Route, body: CreateRouteBody): Route {
   );
 }
 
+/** The routes at one subdomain on every alive worker, read in this transaction. */
+interface SubdomainReadAhead {
+  subdomain: string;
+  routeIds: Map<string, string>;
+}
+
+/** Returns the id of the route at `subdomain` on a worker, from the read-ahead when it has it. */
+function routeIdAtSubdomain(
+  q: Queryable,
+  workerId: string,
+  subdomain: string,
+  readAhead?: SubdomainReadAhead,
+): Promise<string | null> {
+  if (readAhead?.subdomain === subdomain) return Promise.resolve(readAhead.routeIds.get(workerId) ?? null);
+  return store.routeIdAtSubdomain(q, workerId, subdomain);
+}
+
 /**
  * Chooses a worker and an address for one route, least loaded worker first.
  * Runs inside the write transaction, so no other writer races it. `loaded` is
- * the candidate list when the caller has already read it in this transaction.
+ * the candidate list when the caller has already read it in this transaction,
+ * and `readAhead` the routes at the first subdomain it would try.
  */
 export async function placeRoute(
   q: Queryable,
   request: PlacementRequest,
   loaded?: Candidate[],
+  readAhead?: SubdomainReadAhead,
 ): Promise<Placement> {
   const workers = loaded ?? (await placementCandidates(q));
   const candidates = eligibleWorkers(workers, request);
   if (candidates.length === 0) throw await noWorkerError(q, workers, request);
   if (request.port !== undefined) return placeOnPort(q, candidates, request, request.port);
   if (request.subdomain !== undefined) {
-    return placeOnSubdomain(q, candidates, request, request.subdomain);
+    return placeOnSubdomain(q, candidates, request, request.subdomain, readAhead);
   }
   for (const worker of candidates) {
-    const placement = await placeAnywhere(q, worker, request);
+    const placement = await placeAnywhere(q, worker, request, readAhead);
     if (placement) return placement;
   }
   throw new NoWorkerError(
@@ -259,10 +283,11 @@ async function placeOnSubdomain(
   candidates: Candidate[],
   request: PlacementRequest,
   subdomain: string,
+  readAhead?: SubdomainReadAhead,
 ): Promise<Placement> {
   let takenBy: string | null = null;
   for (const worker of candidates) {
-    takenBy = await store.routeIdAtSubdomain(q, worker.id, subdomain);
+    takenBy = await routeIdAtSubdomain(q, worker.id, subdomain, readAhead);
     if (takenBy === null) return placementAt(worker, request.protocol, { port: null, subdomain });
   }
   throw new ConflictError(
@@ -275,6 +300,7 @@ async function placeAnywhere(
   q: Queryable,
   worker: Candidate,
   request: PlacementRequest,
+  readAhead?: SubdomainReadAhead,
 ): Promise<Placement | null> {
   if (worker.frontend_mode === 'port') {
     const [first, last] = worker.port_range ?? [0, -1];
@@ -282,7 +308,7 @@ async function placeAnywhere(
     return port === null ? null : placementAt(worker, request.protocol, { port, subdomain: null });
   }
   for (const subdomain of subdomainChoices(request)) {
-    if ((await store.routeIdAtSubdomain(q, worker.id, subdomain)) === null) {
+    if ((await routeIdAtSubdomain(q, worker.id, subdomain, readAhead)) === null) {
       return placementAt(worker, request.protocol, { port: null, subdomain });
     }
   }

@@ -4,8 +4,37 @@ import postgres from 'postgres';
 
 export type Sql = postgres.Sql<Record<string, unknown>>;
 export type TransactionSql = postgres.TransactionSql<Record<string, unknown>>;
-/** Either the pool or an open transaction. */
-export type Queryable = Sql | TransactionSql;
+export type ReservedSql = postgres.ReservedSql<Record<string, unknown>>;
+/** The pool, an open transaction or a reserved connection. */
+export type Queryable = Sql | TransactionSql | ReservedSql;
+
+/**
+ * Runs a transaction on a reserved connection without round trips of its
+ * own: BEGIN goes out with the first statement `body` sends, and COMMIT with
+ * the statements `body` returns still in flight. The first failure among
+ * them fails the whole, because PostgreSQL turns a COMMIT after a failed
+ * statement into a rollback.
+ */
+export async function pipelinedTransaction<T>(
+  sql: Sql,
+  body: (tx: ReservedSql) => Promise<{ value: T; inFlight: Array<Promise<unknown>> }>,
+): Promise<T> {
+  const tx = await sql.reserve();
+  try {
+    const begun = tx`BEGIN`.execute();
+    begun.catch(() => {});
+    const { value, inFlight } = await body(tx);
+    const results = await Promise.allSettled([begun, ...inFlight, tx`COMMIT`]);
+    const failed = results.find((result) => result.status === 'rejected');
+    if (failed) throw failed.reason;
+    return value;
+  } catch (error) {
+    await tx`ROLLBACK`.catch(() => {});
+    throw error;
+  } finally {
+    tx.release();
+  }
+}
 
 export interface DatabaseOptions {
   /** PostgreSQL URL; when absent an embedded PGlite database runs in `dataDir`. */

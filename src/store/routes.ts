@@ -1,5 +1,6 @@
 import type { Backend, Route, RouteStatus } from '../../proto/index.ts';
 import type { Queryable } from './database.ts';
+import { wireText } from './writer.ts';
 
 // SQL for the routes table. Status is derived here from the worker's state
 // and acknowledged revision; it is never stored.
@@ -14,6 +15,13 @@ const ROUTE_STATUS = `
 const SELECT_ROUTE = `
   SELECT r.*, ${ROUTE_STATUS} AS status
   FROM routes r JOIN workers w ON w.id = r.worker_id`;
+
+/**
+ * Options for the fixed statements sent with `unsafe`: prepared, as tagged
+ * queries are, so PostgreSQL plans each once per connection. A pool that
+ * prepares nothing, as on the embedded database, leaves them unprepared too.
+ */
+const PREPARED = { prepare: true } as const;
 
 const ISO_TIME = `'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'`;
 
@@ -86,7 +94,7 @@ function jsonOrNull(value: unknown): string | null {
 }
 
 export async function findRoute(q: Queryable, id: string): Promise<Route | null> {
-  const rows = await q.unsafe(`${SELECT_ROUTE} WHERE r.id = $1`, [id]);
+  const rows = await q.unsafe(`${SELECT_ROUTE} WHERE r.id = $1`, [id], PREPARED);
   return rows.length > 0 ? rowToRoute(rows[0]) : null;
 }
 
@@ -95,10 +103,11 @@ export async function findRouteBySessionService(
   sessionId: string,
   service: string,
 ): Promise<Route | null> {
-  const rows = await q.unsafe(`${SELECT_ROUTE} WHERE r.session_id = $1 AND r.service = $2`, [
-    sessionId,
-    service,
-  ]);
+  const rows = await q.unsafe(
+    `${SELECT_ROUTE} WHERE r.session_id = $1 AND r.service = $2`,
+    [sessionId, service],
+    PREPARED,
+  );
   return rows.length > 0 ? rowToRoute(rows[0]) : null;
 }
 
@@ -133,30 +142,31 @@ export async function listRoutes(
   return (await q.unsafe(text, values as never[])).map(rowToRoute);
 }
 
-export async function insertRoute(q: Queryable, route: Route): Promise<void> {
-  await q`
+export function insertRoute(q: Queryable, route: Route): Promise<unknown> {
+  return q`
     INSERT INTO routes (id, session_id, service, protocol, mode, backends, worker_id, port,
       subdomain, url, open_to_public, allowed_client_ips, labels, revision, created_at, updated_at,
-      idle_timeout_s, worker_selector)
+      idle_timeout_s, worker_selector, wire)
     VALUES (${route.id}, ${route.session_id}, ${route.service}, ${route.protocol}, ${route.mode},
       ${JSON.stringify(route.backends)}::text::jsonb, ${route.worker_id}, ${route.port},
       ${route.subdomain}, ${route.url}, ${route.open_to_public},
       ${JSON.stringify(route.allowed_client_ips)}::text::jsonb, ${JSON.stringify(route.labels)}::text::jsonb,
       ${route.revision}, ${route.created_at}, ${route.updated_at}, ${route.idle_timeout_s ?? null},
-      ${jsonOrNull(route.worker_selector)}::text::jsonb)`;
+      ${jsonOrNull(route.worker_selector)}::text::jsonb, ${wireText(route)})`.execute();
 }
 
 /** Inserts many new routes in one statement. */
 export async function insertRoutes(q: Queryable, routes: Route[]): Promise<void> {
   if (routes.length === 0) return;
+  const rows = routes.map((route) => ({ ...route, wire: wireText(route) }));
   await q`
     INSERT INTO routes (id, session_id, service, protocol, mode, backends, worker_id, port,
       subdomain, url, open_to_public, allowed_client_ips, labels, revision, created_at, updated_at,
-      idle_timeout_s, worker_selector)
+      idle_timeout_s, worker_selector, wire)
     SELECT id, session_id, service, protocol, mode, backends, worker_id, port,
       subdomain, url, open_to_public, allowed_client_ips, labels, revision, created_at, updated_at,
-      idle_timeout_s, worker_selector
-    FROM jsonb_populate_recordset(NULL::routes, ${JSON.stringify(routes)}::text::jsonb)`;
+      idle_timeout_s, worker_selector, wire
+    FROM jsonb_populate_recordset(NULL::routes, ${JSON.stringify(rows)}::text::jsonb)`;
 }
 
 /** Finds the routes of many (session, service) pairs in one read. */
@@ -170,6 +180,7 @@ export async function findRoutesBySessionServices(
     `${SELECT_ROUTE} WHERE (r.session_id, r.service) IN (
        SELECT s, v FROM jsonb_to_recordset($1::text::jsonb) AS t (s text, v text))`,
     [pairs],
+    PREPARED,
   );
   return rows.map(rowToRoute);
 }
@@ -205,9 +216,7 @@ export async function deleteSessionRoutes(q: Queryable, sessionId: string): Prom
 }
 
 export async function sessionRoutes(q: Queryable, sessionId: string): Promise<Route[]> {
-  const rows = await q.unsafe(`${SELECT_ROUTE} WHERE r.session_id = $1 ORDER BY r.service`, [
-    sessionId,
-  ]);
+  const rows = await q.unsafe(`${SELECT_ROUTE} WHERE r.session_id = $1 ORDER BY r.service`, [sessionId], PREPARED);
   return rows.map(rowToRoute);
 }
 
@@ -221,6 +230,7 @@ export async function workerRoutes(
   const rows = await q.unsafe(
     `${SELECT_ROUTE} WHERE r.worker_id = $1 AND r.id > $2 ORDER BY r.id LIMIT $3`,
     [workerId, afterId, limit],
+    PREPARED,
   );
   return rows.map(rowToRoute);
 }
@@ -246,10 +256,11 @@ export async function workerRouteAtRevision(
   workerId: string,
   revision: number,
 ): Promise<Route | null> {
-  const rows = await q.unsafe(`${SELECT_ROUTE} WHERE r.worker_id = $1 AND r.revision = $2`, [
-    workerId,
-    revision,
-  ]);
+  const rows = await q.unsafe(
+    `${SELECT_ROUTE} WHERE r.worker_id = $1 AND r.revision = $2`,
+    [workerId, revision],
+    PREPARED,
+  );
   return rows.length > 0 ? rowToRoute(rows[0]) : null;
 }
 
@@ -280,6 +291,15 @@ export async function routeIdAtSubdomain(
   const rows = await q`
     SELECT id FROM routes WHERE worker_id = ${workerId} AND subdomain = ${subdomain}`;
   return rows.length > 0 ? String(rows[0].id) : null;
+}
+
+/** Returns, per alive worker with a route at `subdomain`, that route's id. */
+export async function routeIdsAtSubdomain(q: Queryable, subdomain: string): Promise<Map<string, string>> {
+  const rows = await q`
+    SELECT worker_id, id FROM routes
+    WHERE subdomain = ${subdomain}
+      AND worker_id IN (SELECT id FROM workers WHERE status = 'alive')`;
+  return new Map(rows.map((row) => [String(row.worker_id), String(row.id)]));
 }
 
 /** Returns the lowest port in [first, last] that no route of the worker uses, or null. */
@@ -325,10 +345,11 @@ export async function findRouteByPort(
   workerId: string,
   port: number,
 ): Promise<Route | null> {
-  const rows = await q.unsafe(`${SELECT_ROUTE} WHERE r.worker_id = $1 AND r.port = $2`, [
-    workerId,
-    port,
-  ]);
+  const rows = await q.unsafe(
+    `${SELECT_ROUTE} WHERE r.worker_id = $1 AND r.port = $2`,
+    [workerId, port],
+    PREPARED,
+  );
   return rows.length > 0 ? rowToRoute(rows[0]) : null;
 }
 
@@ -345,6 +366,7 @@ export async function strandedRoutes(
     `${SELECT_ROUTE} WHERE w.status IN ('lost', 'deregistered') AND r.id > $1
      ORDER BY r.id LIMIT $2`,
     [afterId, limit],
+    PREPARED,
   );
   return rows.map(rowToRoute);
 }
@@ -430,7 +452,7 @@ const IDLE_ROUTES = `
 
 /** Returns whether any route is idle past its timeout at `now`. */
 export async function hasIdleRoutes(q: Queryable, now: Date): Promise<boolean> {
-  const rows = await q.unsafe(`SELECT EXISTS (${IDLE_ROUTES}) AS found`, [now]);
+  const rows = await q.unsafe(`SELECT EXISTS (${IDLE_ROUTES}) AS found`, [now], PREPARED);
   return Boolean(rows[0].found);
 }
 
@@ -439,6 +461,7 @@ export async function deleteIdleRoutes(q: Queryable, now: Date, limit: number): 
   const rows = await q.unsafe(
     `DELETE FROM routes WHERE id IN (${IDLE_ROUTES} ORDER BY r.id LIMIT $2) RETURNING *`,
     [now, limit],
+    PREPARED,
   );
   return rows.map(rowToRoute).sort((a, b) => a.id.localeCompare(b.id));
 }

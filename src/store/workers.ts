@@ -5,7 +5,7 @@ import type {
   WorkerInstance,
   WorkerStatus,
 } from '../../proto/index.ts';
-import type { Queryable, Sql } from './database.ts';
+import { pipelinedTransaction, type Queryable, type Sql } from './database.ts';
 
 // SQL for workers and their instances.
 
@@ -94,7 +94,7 @@ function rowToWorker(row: Row): Worker {
 }
 
 export async function findWorker(q: Queryable, id: string): Promise<Worker | null> {
-  const rows = await q.unsafe(`${SELECT_WORKER} WHERE w.id = $1`, [id]);
+  const rows = await q.unsafe(`${SELECT_WORKER} WHERE w.id = $1`, [id], { prepare: true });
   return rows.length > 0 ? rowToWorker(rows[0]) : null;
 }
 
@@ -253,12 +253,15 @@ export interface AckRecord extends InstanceKey {
  */
 export async function recordAcks(sql: Sql, acks: AckRecord[], at: Date): Promise<AckRecord[]> {
   if (acks.length === 0) return [];
-  return sql.begin(async (tx) => {
+  return pipelinedTransaction(sql, async (tx) => {
     const locked = await lockAckRows(tx, acks);
-    const written = acks.filter((ack) => locked.has(`${ack.workerId}/${ack.instanceId}`));
-    if (written.length > 0) await writeAcks(tx, ackJson(written), at);
-    return acks.filter((ack) => !locked.has(`${ack.workerId}/${ack.instanceId}`));
-  }) as Promise<AckRecord[]>;
+    const isLocked = (ack: AckRecord) => locked.has(`${ack.workerId}/${ack.instanceId}`);
+    const written = acks.filter(isLocked);
+    return {
+      value: acks.filter((ack) => !isLocked(ack)),
+      inFlight: written.length > 0 ? [writeAcks(tx, ackJson(written), at)] : [],
+    };
+  });
 }
 
 function ackJson(acks: AckRecord[]): string {
@@ -274,34 +277,32 @@ function ackJson(acks: AckRecord[]): string {
 }
 
 /**
- * Locks the instance rows of the acks and then their workers' rows, skipping
- * rows locked elsewhere. Returns `worker/instance` of each ack whose two rows
- * are now both locked.
+ * Locks the instance rows of the acks and their workers' rows, skipping rows
+ * locked elsewhere, so taking the locks never waits for another transaction.
+ * Returns `worker/instance` of each ack whose two rows are now both locked.
  */
 async function lockAckRows(tx: Queryable, acks: AckRecord[]): Promise<Set<string>> {
-  const json = ackJson(acks);
-  const instances = await tx`
-    SELECT wi.worker_id, wi.instance_id FROM worker_instances wi
-    JOIN jsonb_to_recordset(${json}::text::jsonb) AS t (worker_id uuid, instance_id text)
-      ON wi.worker_id = t.worker_id AND wi.instance_id = t.instance_id
-    ORDER BY wi.worker_id, wi.instance_id
-    FOR UPDATE OF wi SKIP LOCKED`;
-  const workerIds = [...new Set(instances.map((row) => String(row.worker_id)))];
-  if (workerIds.length === 0) return new Set();
-  const workers = await tx`
-    SELECT id FROM workers WHERE id = ANY (${workerIds}::uuid[])
-    ORDER BY id
-    FOR UPDATE SKIP LOCKED`;
-  const lockedWorkers = new Set(workers.map((row) => String(row.id)));
-  const keys = instances
-    .filter((row) => lockedWorkers.has(String(row.worker_id)))
-    .map((row) => `${row.worker_id}/${row.instance_id}`);
-  return new Set(keys);
+  const rows = await tx`
+    WITH instance AS (
+      SELECT wi.worker_id, wi.instance_id FROM worker_instances wi
+      JOIN jsonb_to_recordset(${ackJson(acks)}::text::jsonb) AS t (worker_id uuid, instance_id text)
+        ON wi.worker_id = t.worker_id AND wi.instance_id = t.instance_id
+      ORDER BY wi.worker_id, wi.instance_id
+      FOR UPDATE OF wi SKIP LOCKED
+    ),
+    worker AS (
+      SELECT id FROM workers WHERE id IN (SELECT worker_id FROM instance)
+      ORDER BY id
+      FOR UPDATE SKIP LOCKED
+    )
+    SELECT instance.worker_id, instance.instance_id FROM instance
+    WHERE instance.worker_id IN (SELECT id FROM worker)`;
+  return new Set(rows.map((row) => `${row.worker_id}/${row.instance_id}`));
 }
 
 /** Writes locked acks; the statement reads the instance rows as they were before it. */
-async function writeAcks(q: Queryable, json: string, at: Date): Promise<void> {
-  await q`
+function writeAcks(q: Queryable, json: string, at: Date): Promise<unknown> {
+  return q`
     WITH ack AS (
       SELECT * FROM jsonb_to_recordset(${json}::text::jsonb) AS t (
         worker_id uuid, instance_id text, generation bigint, revision bigint, clears_nack boolean)
@@ -333,7 +334,7 @@ async function writeAcks(q: Queryable, json: string, at: Date): Promise<void> {
         WHEN acked.clears_nack AND (w.last_nack->>'revision')::bigint <= acked.revision THEN NULL
         ELSE w.last_nack END
     FROM applied JOIN acked USING (worker_id)
-    WHERE w.id = applied.worker_id`;
+    WHERE w.id = applied.worker_id`.execute();
 }
 
 /**

@@ -7,7 +7,7 @@ import {
 } from '../../proto/index.ts';
 import { AppError, ConflictError, DatabaseUnavailableError } from '../errors.ts';
 import type { WriterMetrics } from '../metrics.ts';
-import type { Sql, TransactionSql } from './database.ts';
+import { pipelinedTransaction, type ReservedSql, type Sql } from './database.ts';
 
 /** One row of the change log, exactly as stored. */
 export interface ChangeRecord {
@@ -36,14 +36,16 @@ export type NewChange = Partial<Omit<ChangeRecord, 'revision' | 'at' | 'type'>> 
  * counter, so revisions handed out here are consecutive and commit in order.
  */
 export class WriteTx {
-  readonly sql: TransactionSql;
+  readonly sql: ReservedSql;
   readonly epoch: string;
   readonly now: Date;
   readonly changes: ChangeRecord[] = [];
+  /** Writes sent without waiting for their results; the commit waits for them. */
+  readonly sent: Array<Promise<unknown>> = [];
   #revision: number;
   #reserved: number | null = null;
 
-  constructor(sql: TransactionSql, revision: number, epoch: string, now: Date) {
+  constructor(sql: ReservedSql, revision: number, epoch: string, now: Date) {
     this.sql = sql;
     this.#revision = revision;
     this.epoch = epoch;
@@ -60,6 +62,15 @@ export class WriteTx {
     if (this.#reserved !== null) throw new Error(`Revision ${this.#reserved} was never recorded`);
     this.#reserved = this.#revision + 1;
     return this.#reserved;
+  }
+
+  /**
+   * Sends a write whose result nothing needs, so it travels with the next
+   * statement instead of costing a round trip. A failure fails the commit.
+   */
+  send(write: Promise<unknown>): void {
+    write.catch(() => {});
+    this.sent.push(write);
   }
 
   /** Adds a change-log row at the reserved revision (reserving one when none is). */
@@ -88,15 +99,16 @@ export class WriteTx {
   /**
    * Writes the change log, the revision counter, each touched worker's target
    * revision, table digest and route count, and each changed route's JSON, in
-   * one statement.
+   * one statement. Throws at once, before sending anything, when a reserved
+   * revision was never recorded.
    */
-  async finish(): Promise<void> {
+  finish(): Promise<unknown> {
     if (this.#reserved !== null) throw new Error(`Revision ${this.#reserved} was never recorded`);
-    if (this.changes.length === 0) return;
+    if (this.changes.length === 0) return Promise.resolve();
     const targets = changedTables(this.changes);
     const wires = routeTexts(this.changes);
     const log = JSON.stringify(this.changes);
-    await this.sql`
+    return this.sql`
       WITH counter AS (UPDATE meta SET revision = ${this.#revision}),
       log AS (
         INSERT INTO changes
@@ -116,13 +128,14 @@ export class WriteTx {
           AS t (id uuid, revision bigint, high bigint, low bigint, count integer)
         WHERE w.id = t.id
       )
-      SELECT pg_notify('appproxy_changes', ${String(this.#revision)})`;
+      SELECT pg_notify('appproxy_changes', ${String(this.#revision)})`.execute();
   }
 }
 
 /**
- * Returns the JSON of each route as its last change in the batch left it,
- * without the derived status, for the routes that still exist.
+ * Returns the JSON of each route as its last change in the batch left it, for
+ * the routes that still exist. A route whose last change created it got its
+ * JSON with its INSERT.
  */
 function routeTexts(changes: ChangeRecord[]): Array<{ id: string; wire: string }> {
   const last = new Map<string, ChangeRecord>();
@@ -131,11 +144,16 @@ function routeTexts(changes: ChangeRecord[]): Array<{ id: string; wire: string }
   }
   const texts: Array<{ id: string; wire: string }> = [];
   for (const [id, change] of last) {
-    if (change.type === 'route.deleted' || !change.route) continue;
-    const { status: _status, ...route } = change.route;
-    texts.push({ id, wire: JSON.stringify(route) });
+    if (change.type === 'route.deleted' || change.type === 'route.created' || !change.route) continue;
+    texts.push({ id, wire: wireText(change.route) });
   }
   return texts;
+}
+
+/** Returns a route's JSON without its derived status, as the `wire` column stores it. */
+export function wireText(route: Route): string {
+  const { status: _status, ...rest } = route;
+  return JSON.stringify(rest);
 }
 
 /**
@@ -212,6 +230,10 @@ export interface WriterOptions {
   timeoutMs: number;
   /** Called with the rows of each committed transaction, in revision order. */
   onCommit: (changes: ChangeRecord[]) => void;
+  /** Called with the last revision of a transaction just before its COMMIT is sent. */
+  onCommitting?: (revision: number) => void;
+  /** Called when a transaction that was committing failed. Its outcome may be unknown. */
+  onCommitFailed?: () => void;
   /** Receives the size of each committed batch. */
   metrics?: WriterMetrics;
 }
@@ -225,6 +247,8 @@ export class Writer {
   readonly #options: WriterOptions;
   #queue: QueuedJob[] = [];
   #isRunning = false;
+  /** Whether the running transaction has announced its COMMIT. */
+  #announced = false;
 
   constructor(sql: Sql, options: WriterOptions) {
     this.#sql = sql;
@@ -284,15 +308,27 @@ export class Writer {
     }
   }
 
-  async #commit(batch: QueuedJob[]): Promise<{ outcomes: Outcome[]; changes: ChangeRecord[] }> {
-    return this.#sql.begin(async (sql) => {
+  /** Runs a batch in one transaction, with no round trips for BEGIN and COMMIT. */
+  #commit(batch: QueuedJob[]): Promise<{ outcomes: Outcome[]; changes: ChangeRecord[] }> {
+    return pipelinedTransaction(this.#sql, async (sql) => {
       const [meta] = await sql`SELECT revision, epoch FROM meta FOR UPDATE`;
       const tx = new WriteTx(sql, Number(meta.revision), String(meta.epoch), new Date());
       const outcomes: Outcome[] = [];
       for (const queued of batch) outcomes.push(await runJob(tx, queued));
-      await tx.finish();
-      return { outcomes, changes: tx.changes };
-    }) as Promise<{ outcomes: Outcome[]; changes: ChangeRecord[] }>;
+      const finished = tx.finish();
+      if (tx.changes.length > 0) this.#announce(tx.revision);
+      return { value: { outcomes, changes: tx.changes }, inFlight: [...tx.sent, finished] };
+    }).catch((error) => {
+      if (this.#announced) this.#options.onCommitFailed?.();
+      throw error;
+    }).finally(() => {
+      this.#announced = false;
+    });
+  }
+
+  #announce(revision: number): void {
+    this.#announced = true;
+    this.#options.onCommitting?.(revision);
   }
 }
 

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -31,11 +31,16 @@ export async function startCoordinatorProcess(options: {
   dataDir: string;
   env?: Record<string, string>;
   timeoutMs?: number;
+  /** Node options such as `--cpu-prof`, which NODE_OPTIONS does not accept. */
+  nodeArgs?: string[];
 }): Promise<CoordinatorProcess> {
   const port = await freePort();
+  const args = ['--port', String(port), '--data-dir', options.dataDir];
+  const loader = pathToFileURL(path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
+  const main = path.join(ROOT, 'src', 'coordinator', 'main.ts');
   const child = spawn(
-    path.join(ROOT, 'bin', 'appproxy-coordinator'),
-    ['--port', String(port), '--data-dir', options.dataDir],
+    options.nodeArgs ? process.execPath : path.join(ROOT, 'bin', 'appproxy-coordinator'),
+    options.nodeArgs ? [...options.nodeArgs, '--import', loader, main, ...args] : args,
     {
       env: {
         ...process.env,

@@ -127,6 +127,24 @@ describe('group-commit writer', { skip }, () => {
     assert.equal((await readMeta(db.sql)).revision, before + 2);
   });
 
+  test('failed sent statement fails its job alone', async () => {
+    const before = (await readMeta(db.sql)).revision;
+    const broken = writer.run(async (tx) => {
+      // The failure is only seen with the COMMIT the write travelled with.
+      tx.send(tx.sql`SELECT 1 / 0`.execute());
+      tx.record({ type: 'worker.deregistered' });
+    });
+    const outcomes = await Promise.allSettled([
+      routes.create(createBody('sent-1')),
+      broken,
+      routes.create(createBody('sent-2')),
+    ]);
+    assert.equal(outcomes[0].status, 'fulfilled');
+    assert.equal(outcomes[1].status, 'rejected');
+    assert.equal(outcomes[2].status, 'fulfilled');
+    assert.equal((await readMeta(db.sql)).revision, before + 2);
+  });
+
   test('stored table digests follow creates, patches, moves and deletes', async () => {
     const created = await Promise.all(
       Array.from({ length: 20 }, (_, i) => routes.create(createBody(`digest-${i}`))),
