@@ -176,6 +176,11 @@ async function measureWrites(options: {
         const url = `http://127.0.0.1:${options.chpApiPort}/api/routes/u/${tag}-${i}`;
         expectOk(await chpClient.request('POST', url, { target: 'http://10.20.30.40:8888' }), 'POST /api/routes');
       }));
+      // The HTTP floor of the coordinator: a body that fails validation, so no database work.
+      add(`coordinator, invalid body (HTTP only), ${concurrency} at a time`, await timeWrites(concurrency, options.coordinatorPid, async () => {
+        const response = await coordinatorClient.request('POST', `${options.coordinatorUrl}/routes`, { session_id: 5 });
+        if (response.status !== 400) throw new Error(`invalid POST /routes returned ${response.status}: ${response.text}`);
+      }));
     }
     add('bare INSERT, 1 at a time', await timeWrites(1, undefined, async () => {
       await options.floorSql`INSERT INTO bench_floor VALUES (${randomUUID()}, ${JSON.stringify(routeBody('x'))}::text::jsonb)`;
