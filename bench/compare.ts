@@ -246,13 +246,13 @@ async function measureProxy(options: {
 
 /** Coordinator memory: live heap and buffers after a full collection, and resident set. */
 interface MemoryReading {
-  held: number;
+  live: number;
   resident: number;
 }
 
 async function readMemory(coordinator: Awaited<ReturnType<typeof startCoordinatorProcess>>): Promise<MemoryReading> {
   const heap = await heapAfterGc(coordinator.output);
-  return { held: heap.heapUsed + heap.external, resident: await residentBytes(coordinator.child.pid as number) };
+  return { live: heap.heapUsed + heap.external, resident: await residentBytes(coordinator.child.pid as number) };
 }
 
 async function measureMemory(
@@ -275,7 +275,7 @@ async function measureMemory(
   const afterRoutes = await readMemory(coordinator);
   for (const worker of extra) await worker.close();
   const per = (from: MemoryReading, to: MemoryReading, count: number) => ({
-    held: (to.held - from.held) / count,
+    live: (to.live - from.live) / count,
     resident: (to.resident - from.resident) / count,
   });
   return { perWorker: per(before, afterWorkers, MEMORY_WORKERS), perRoute: per(afterWorkers, afterRoutes, ROUTES) };
@@ -318,29 +318,34 @@ async function report(
   for (const [name, runs] of Object.entries(proxy)) {
     lines.push(`| ${name} | ${formatSpread(spread(runs.map((r) => r.rate)))} | ${formatSpread(spread(runs.map((r) => r.p99)))} |`);
   }
-  const ratio = (a: Spread, b: Spread) => (a.median / b.median).toFixed(2);
+  const ratio = (a: Spread, b: Spread) => a.median / b.median;
   const rates = (name: string) => spread(writes[name].map((f) => f.ratePerS));
   const proxyRates = (name: string) => spread(proxy[name].map((r) => r.rate));
+  const verdict = (isMet: boolean) => (isMet ? 'met' : 'missed');
+  const writes32 = ratio(rates('coordinator, 32 at a time'), rates('configurable-http-proxy, 32 at a time'));
+  const writes1 = ratio(rates('coordinator, 1 at a time'), rates('bare INSERT, 1 at a time'));
+  const proxied = ratio(proxyRates('reference worker'), proxyRates('configurable-http-proxy'));
   lines.push(
-    '',
-    '### Ratios (medians)',
-    '',
-    `- Route writes, 32 at a time, coordinator / configurable-http-proxy: ` +
-      `${ratio(rates('coordinator, 32 at a time'), rates('configurable-http-proxy, 32 at a time'))}`,
-    `- Route writes, 1 at a time, coordinator / bare INSERT: ` +
-      `${ratio(rates('coordinator, 1 at a time'), rates('bare INSERT, 1 at a time'))}`,
-    `- Proxied requests, reference worker / configurable-http-proxy: ` +
-      `${ratio(proxyRates('reference worker'), proxyRates('configurable-http-proxy'))}`,
     '',
     '### Coordinator memory',
     '',
-    'Held: growth of live heap plus buffers after two full collections, read through the inspector. ' +
+    'Live: growth of heap in use plus buffers after two full collections, read through the inspector. ' +
       'Resident: growth of the resident set, which also counts freed memory the allocator keeps.',
     '',
-    '| per | held KiB | resident KiB |',
+    '| per | live KiB | resident KiB |',
     '|---|---|---|',
-    `| connected worker (${MEMORY_WORKERS} more) | ${kib(memory.perWorker.held)} | ${kib(memory.perWorker.resident)} |`,
-    `| route (${ROUTES} more; routes live in PostgreSQL) | ${kib(memory.perRoute.held)} | ${kib(memory.perRoute.resident)} |`,
+    `| connected worker (${MEMORY_WORKERS} more) | ${kib(memory.perWorker.live)} | ${kib(memory.perWorker.resident)} |`,
+    `| route (${ROUTES} more; routes live in PostgreSQL) | ${kib(memory.perRoute.live)} | ${kib(memory.perRoute.resident)} |`,
+    '',
+    '### Targets (medians of this run)',
+    '',
+    '| target | measured | verdict |',
+    '|---|---|---|',
+    `| route writes, 32 at a time, at least configurable-http-proxy's rate | ${writes32.toFixed(2)}× | ${verdict(writes32 >= 1)} |`,
+    `| route writes, 1 at a time, at least 60% of bare INSERTs | ${writes1.toFixed(2)}× | ${verdict(writes1 >= 0.6)} |`,
+    `| proxied requests, at least 1.5× configurable-http-proxy | ${proxied.toFixed(2)}× | ${verdict(proxied >= 1.5)} |`,
+    `| coordinator memory per route under 1 KiB | ${kib(memory.perRoute.live)} KiB live | ${verdict(memory.perRoute.live < 1024)} |`,
+    `| coordinator memory per connected worker under 32 KiB | ${kib(memory.perWorker.live)} KiB live | ${verdict(memory.perWorker.live < 32 * 1024)} |`,
   );
   const markdown = lines.join('\n');
   console.log(markdown);

@@ -74,7 +74,8 @@ export async function changesAfter(
   values.push(limit);
   const text = `SELECT * FROM changes WHERE ${conditions.join(' AND ')}
                 ORDER BY revision LIMIT $${values.length}`;
-  return (await q.unsafe(text, values as never[])).map(rowToChange);
+  // Four texts at most, one per filter combination, so each is prepared once per connection.
+  return (await q.unsafe(text, values as never[], { prepare: true })).map(rowToChange);
 }
 
 /**
