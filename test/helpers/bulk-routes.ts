@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import postgres from 'postgres';
 import type { Route } from '../../proto/index.ts';
 import type { Sql } from '../../src/store/database.ts';
-import { Writer, type WriteTx } from '../../src/store/writer.ts';
+import { Writer, wireText, type WriteTx } from '../../src/store/writer.ts';
 
 // Inserts many routes at once for tests and benchmarks of large tables. It
 // writes through the coordinator's own group-commit writer, so every route
@@ -108,7 +108,8 @@ async function insertBatch(
   const routes = slots.map(({ worker, index }, i) => {
     return typicalRoute(worker, index, tx.revision + i + 1, now);
   });
-  const rows = routes.map(({ status: _status, ...row }) => row);
+  // Each row carries its JSON, as the coordinator's own inserts do, so snapshots stream it.
+  const rows = routes.map(({ status: _status, ...row }) => ({ ...row, wire: wireText(row as Route) }));
   await tx.sql`
     INSERT INTO routes
     SELECT * FROM jsonb_populate_recordset(NULL::routes, ${JSON.stringify(rows)}::text::jsonb)`;

@@ -14,7 +14,7 @@ import { WorkerService } from '../../src/services/workers.ts';
 import { compactChanges, readMeta, readTableDigest } from '../../src/store/changes.ts';
 import { openDatabase, type Database } from '../../src/store/database.ts';
 import { migrate } from '../../src/store/migrate.ts';
-import { Writer, type ChangeRecord } from '../../src/store/writer.ts';
+import { Writer, wireText, type ChangeRecord } from '../../src/store/writer.ts';
 import {
   createTestDatabase,
   isEmbeddedRun,
@@ -143,6 +143,17 @@ describe('group-commit writer', { skip }, () => {
     assert.equal(outcomes[1].status, 'rejected');
     assert.equal(outcomes[2].status, 'fulfilled');
     assert.equal((await readMeta(db.sql)).revision, before + 2);
+  });
+
+  test('creates store each route JSON', async () => {
+    const alone = await routes.create(createBody('wire-alone'));
+    const together = await Promise.all(
+      Array.from({ length: 5 }, (_, i) => routes.create(createBody(`wire-batch-${i}`))),
+    );
+    for (const { route } of [alone, ...together]) {
+      const [row] = await db.sql`SELECT wire FROM routes WHERE id = ${route.id}`;
+      assert.equal(row.wire, wireText(route), `stored JSON of ${route.session_id}`);
+    }
   });
 
   test('stored table digests follow creates, patches, moves and deletes', async () => {
