@@ -106,12 +106,15 @@ and \`node --import tsx bench/profile-summary.ts FILE\` lists its functions by s
 
 - Commit → ack is the push path alone: a commit's changes are handed to the sessions and
   written as diffs in the same turn in which the writer publishes them, before the writes'
-  responses. Under 16 concurrent writers a profile of the coordinator showed 36% of its busy
-  time in socket writes of the PostgreSQL driver (roughly 100–200 µs of CPU per query, an
-  estimate from the profile and the query count). A write's own latency is therefore bound
-  by the queries of the group-commit transaction, whose jobs run one after another. Acks of
-  many sessions share one transaction, and a coordinator does not read back its own commits
-  after their \`NOTIFY\`.
+  responses. Under 16 concurrent writers a profile of the coordinator put about a third of its
+  busy time in socket writes of the PostgreSQL driver. On two shared cores those samples
+  include the time the process waited for a core after waking a PostgreSQL backend; the
+  driver's own CPU is about 30–50 µs per statement (an estimate, measured alone). A
+  write's own latency is therefore bound by the round trips of the group-commit transaction,
+  whose jobs run one after another: BEGIN goes out with the lock on the revision counter and
+  COMMIT with the last writes. Acks of many sessions share one transaction, and a
+  coordinator does not read back its own commits after their \`NOTIFY\`. With 16 writers the
+  p99 moves with other load on the machine: 5.9–11.8 ms in three full runs on one machine.
 - A snapshot streams through one cursor. Each route's JSON is stored by the write that last
   changed it, so PostgreSQL only adds the derived status, and the coordinator sends messages of
   about 512 KiB paced by the socket; its memory stays near one batch of rows and one message
