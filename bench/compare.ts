@@ -3,6 +3,7 @@
 // is the median of RUNS runs with min and max, the two systems alternating.
 // Stops by itself; writes its section of docs/benchmarks.md.
 import { randomUUID } from 'node:crypto';
+import os from 'node:os';
 import path from 'node:path';
 import autocannon from 'autocannon';
 import postgres from 'postgres';
@@ -85,6 +86,7 @@ function expectOk(response: { status: number; text: string }, what: string): voi
 }
 
 async function main() {
+  const loadBefore = os.loadavg()[0];
   const db = await createTestDatabase();
   const coordinator = await startCoordinatorProcess({
     databaseUrl: db.url,
@@ -131,7 +133,7 @@ async function main() {
   chp.child.kill('SIGTERM');
   await coordinator.stop();
   await db.drop();
-  await report(writes, proxy, memory);
+  await report(loadBefore, writes, proxy, memory);
 }
 
 async function connectWorkers(url: string, token: string, count: number, prefix: string) {
@@ -286,6 +288,7 @@ function kib(bytes: number): string {
 }
 
 async function report(
+  loadBefore: number,
   writes: Record<string, WriteFigures[]>,
   proxy: Record<string, Array<{ rate: number; p99: number }>>,
   memory: Awaited<ReturnType<typeof measureMemory>>,
@@ -293,7 +296,8 @@ async function report(
   const lines = [
     '## Compared with configurable-http-proxy',
     '',
-    `Machine: ${machineFacts()}.`,
+    `Machine: ${machineFacts()}. One-minute load average ${loadBefore.toFixed(2)} before the run; ` +
+      'other work on the machine shows in every figure.',
     `Command: \`make bench-compare\` (${ROUTES} routes per run, ${RUNS} runs, ${WORKERS} workers ` +
       `connected and acknowledging; proxy runs of ${PROXY_SECONDS} s with 50 connections). ` +
       'Each cell: median (min–max) over the runs, the systems alternating within each run.',

@@ -4,11 +4,11 @@ import type {
   Route,
   SessionRouteSpec,
 } from '../../proto/index.ts';
-import { BadRequestError, NoWorkerError, type AppError } from '../errors.ts';
+import { BadRequestError, ConflictError, NoWorkerError, type AppError } from '../errors.ts';
 import type { Queryable } from '../store/database.ts';
 import type { Candidate } from '../store/workers.ts';
 import type { WriteTx } from '../store/writer.ts';
-import { explainNoWorker, type Placement, type PlacementRequest } from './placement.ts';
+import { explainNoWorker, findMismatch, type Placement, type PlacementRequest } from './placement.ts';
 
 // Building, comparing and recording route changes: shared by route writes,
 // session changes and moves.
@@ -193,12 +193,38 @@ function compareText(a: string, b: string): number {
  * no worker is a 400; one naming a worker that is not alive, or one that does
  * not fit, is a 503 that explains why.
  */
+/**
+ * Returns the route at the port or subdomain a request names, on a worker
+ * that would take it but for being full, so a request that lost a race for an
+ * address learns which route won. Returns null when the request names no
+ * address or none is taken.
+ */
+async function routeAtRequestedAddress(
+  q: Queryable,
+  alive: Candidate[],
+  request: PlacementRequest,
+): Promise<string | null> {
+  if (request.port === undefined && request.subdomain === undefined) return null;
+  const full = alive.filter((worker) => findMismatch(worker, request) === 'full');
+  for (const worker of full) {
+    const rows = request.port === undefined
+      ? await q`SELECT id FROM routes WHERE worker_id = ${worker.id} AND subdomain = ${request.subdomain as string}`
+      : await q`SELECT id FROM routes WHERE worker_id = ${worker.id} AND port = ${request.port}`;
+    if (rows.length > 0) return String(rows[0].id);
+  }
+  return null;
+}
+
 export async function noWorkerError(
   q: Queryable,
   alive: Candidate[],
   request: PlacementRequest,
 ): Promise<AppError> {
   const isPinnedAlive = alive.some((worker) => worker.id === request.workerId);
+  const taken = await routeAtRequestedAddress(q, alive, request);
+  if (taken !== null) {
+    return new ConflictError(`The requested address is taken by route ${taken}.`, taken);
+  }
   if (request.workerId === undefined || isPinnedAlive) {
     return new NoWorkerError(explainNoWorker(alive, request));
   }

@@ -71,6 +71,9 @@ export class WorkerService {
   #activityTimer: NodeJS.Timeout | undefined;
   /** The activity write in progress; the next flush waits for it rather than pile up. */
   #activityWrite: Promise<void> | null = null;
+  /** The move of routes that no longer fit their worker, and the one queued after it. */
+  #misfitRun: Promise<void> | undefined;
+  #misfitRerun: Promise<void> | undefined;
 
   constructor(sql: Sql, writer: Writer, heartbeat: HeartbeatSettings, log?: Logger) {
     this.#sql = sql;
@@ -99,6 +102,9 @@ export class WorkerService {
     const { workerId, isNew, generation } = await this.#writer.run((tx) =>
       this.#registerJob(tx, body, instanceId, hashToken(sessionToken)),
     );
+    // A new range or mode may leave routes this worker cannot serve, and a new worker may
+    // take routes that fit nowhere before.
+    await this.moveMisfits();
     const [worker, routes, meta] = await Promise.all([
       store.findWorker(this.#sql, workerId),
       routeStore.workerRoutes(this.#sql, workerId, REGISTRATION_ROUTE_LIMIT + 1),
@@ -264,6 +270,44 @@ export class WorkerService {
       const request = { ...need, service: '', sessionId: '' };
       return workers.some((worker) => findMismatch(worker, request) === null);
     });
+  }
+
+  /**
+   * Moves routes that do not fit their live worker (after it registered again
+   * with a narrower port range, another mode or fewer protocols) to workers
+   * they fit. Those that fit nowhere stay, read `unavailable`, and are tried
+   * again at the next registration. Calls made during a run share one rerun.
+   * A failure is logged, not thrown, so the registration that called it still succeeds.
+   */
+  moveMisfits(): Promise<void> {
+    if (!this.#misfitRun) {
+      this.#misfitRun = this.#moveMisfitsOnce().finally(() => {
+        this.#misfitRun = undefined;
+      });
+      return this.#misfitRun;
+    }
+    // The running move may have read before the caller's change committed, so one more follows.
+    this.#misfitRerun ??= this.#misfitRun.then(() => {
+      this.#misfitRerun = undefined;
+      return this.moveMisfits();
+    });
+    return this.#misfitRerun;
+  }
+
+  async #moveMisfitsOnce(): Promise<void> {
+    try {
+      const moved = await this.#moveInBatches((tx, afterId) =>
+        routeStore.misfitRoutes(tx.sql, MOVE_BATCH, afterId),
+      );
+      if (moved.length > 0) {
+        this.#log?.info({ routes: moved.length }, 'moved routes that no longer fit their worker');
+      }
+    } catch (error) {
+      this.#log?.warn(
+        { err: error },
+        'moving routes that no longer fit their worker failed; the next registration retries',
+      );
+    }
   }
 
   /**

@@ -1,5 +1,6 @@
 import type { RouteStatus, WorkerStatus } from '../../proto/index.ts';
 import type { Queryable } from './database.ts';
+import { ROUTE_STATUS } from './routes.ts';
 
 // SQL behind the gauges that `GET /metrics` reads from the database on each scrape.
 
@@ -43,21 +44,13 @@ export async function workerStatusCounts(q: Queryable): Promise<Map<WorkerStatus
   return new Map(rows.map((row) => [row.status as WorkerStatus, Number(row.count)]));
 }
 
-/**
- * Counts routes by status with one GROUP BY. Status is derived, never stored:
- * the CASE is the rule of SELECT_ROUTE in routes.ts and must change with it.
- */
+/** Counts routes by status with one GROUP BY; status is derived as routes.ts derives it. */
 export async function routeStatusCounts(q: Queryable): Promise<Map<RouteStatus, number>> {
-  const rows = await q`
-    SELECT
-      CASE
-        WHEN w.status NOT IN ('alive', 'draining') THEN 'unavailable'
-        WHEN w.applied_revision >= r.revision THEN 'active'
-        ELSE 'pending'
-      END AS status,
-      count(*) AS count
-    FROM routes r JOIN workers w ON w.id = r.worker_id
-    GROUP BY 1`;
+  const rows = await q.unsafe(
+    `SELECT ${ROUTE_STATUS} AS status, count(*) AS count
+     FROM routes r JOIN workers w ON w.id = r.worker_id
+     GROUP BY 1`,
+  );
   return new Map(rows.map((row) => [row.status as RouteStatus, Number(row.count)]));
 }
 

@@ -5,9 +5,22 @@ import { wireText } from './writer.ts';
 // SQL for the routes table. Status is derived here from the worker's state
 // and acknowledged revision; it is never stored.
 
-const ROUTE_STATUS = `
+/**
+ * Whether route `r` fits worker `w` as the worker last registered: its
+ * protocol, and a port in the worker's range or a subdomain by the worker's
+ * mode. A worker that registers again with a narrower range or another mode
+ * may hold routes that do not fit.
+ */
+export const ROUTE_FITS_WORKER = `(
+    r.protocol = ANY (w.protocols) AND CASE w.frontend_mode
+      WHEN 'port' THEN r.port BETWEEN w.port_first AND w.port_last
+      ELSE r.subdomain IS NOT NULL END)`;
+
+/** The status of route `r` on worker `w`; routes.ts and metrics.ts share it. */
+export const ROUTE_STATUS = `
     CASE
       WHEN w.status NOT IN ('alive', 'draining') THEN 'unavailable'
+      WHEN NOT ${ROUTE_FITS_WORKER} THEN 'unavailable'
       WHEN w.applied_revision >= r.revision THEN 'active'
       ELSE 'pending'
     END`;
@@ -364,6 +377,26 @@ export async function strandedRoutes(
 ): Promise<Route[]> {
   const rows = await q.unsafe(
     `${SELECT_ROUTE} WHERE w.status IN ('lost', 'deregistered') AND r.id > $1
+     ORDER BY r.id LIMIT $2`,
+    [afterId, limit],
+    PREPARED,
+  );
+  return rows.map(rowToRoute);
+}
+
+/**
+ * Returns routes on live or draining workers that do not fit them, in id
+ * order after `afterId`. It reads every route of every such worker, so it
+ * runs after registrations, not on every sweep.
+ */
+export async function misfitRoutes(
+  q: Queryable,
+  limit: number,
+  afterId = '00000000-0000-0000-0000-000000000000',
+): Promise<Route[]> {
+  const rows = await q.unsafe(
+    `${SELECT_ROUTE} WHERE w.status IN ('alive', 'draining') AND NOT ${ROUTE_FITS_WORKER}
+       AND r.id > $1
      ORDER BY r.id LIMIT $2`,
     [afterId, limit],
     PREPARED,

@@ -106,6 +106,17 @@ describe('placement on the database', { skip }, () => {
     assert.equal(pinned.body.worker_id, b.id);
   });
 
+  test('taken port on a full worker is a 409', async () => {
+    const worker = await registerWorker(coordinator, 'full-port', { port_range: [28000, 28001] });
+    const winner = await create(routeBody('full-1', 'web', { worker_id: worker.id, port: 28000 }));
+    await create(routeBody('full-2', 'web', { worker_id: worker.id }));
+    const loser = await create(routeBody('full-3', 'web', { worker_id: worker.id, port: 28000 }));
+    assert.equal(loser.status, 409);
+    assert.equal(loser.body.conflicting_route_id, winner.body.id);
+    const elsewhere = await create(routeBody('full-4', 'web', { worker_id: worker.id }));
+    assert.equal(elsewhere.status, 503);
+  });
+
   test('worker_id of a draining worker is a 503', async () => {
     const worker = await registerWorker(coordinator, 'pin-drain');
     const drained = await coordinator.api('POST', `/workers/${worker.id}/drain`);
