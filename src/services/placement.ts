@@ -95,8 +95,13 @@ export function findMismatch(worker: Candidate, request: PlacementRequest): Mism
   return null;
 }
 
-/** Orders workers least loaded first, then by authority, so placement is deterministic. */
+/**
+ * Orders workers connected first: a worker that registered but never opened
+ * a session takes routes only when no other fits. Then least loaded, then by
+ * authority, so placement is deterministic.
+ */
 export function byLoad(a: Candidate, b: Candidate): number {
+  if (a.isConnected !== b.isConnected) return a.isConnected ? -1 : 1;
   if (a.routeCount !== b.routeCount) return a.routeCount - b.routeCount;
   if (a.authority === b.authority) return 0;
   return a.authority < b.authority ? -1 : 1;

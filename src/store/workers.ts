@@ -451,11 +451,13 @@ export async function silentWorkers(q: Queryable, cutoff: Date): Promise<string[
 /** A live worker that may take routes, with its load. */
 export interface Candidate extends WorkerRecord {
   routeCount: number;
+  /** Whether some instance has a session open on any coordinator. */
+  isConnected: boolean;
   /** Ports of its range that no route uses; null in wildcard mode. */
   freePorts: number | null;
 }
 
-/** Returns every alive worker with its load, least loaded first. */
+/** Returns every alive worker with its load and whether it is connected. */
 export async function placementCandidates(q: Queryable): Promise<Candidate[]> {
   const rows = await q`
     SELECT w.*,
@@ -467,13 +469,16 @@ export async function placementCandidates(q: Queryable): Promise<Candidate[]> {
           THEN w.port_last - w.port_first + 1 - w.route_count
         ELSE (w.port_last - w.port_first + 1) - (SELECT count(*) FROM routes r
           WHERE r.worker_id = w.id AND r.port BETWEEN w.port_first AND w.port_last)
-      END AS free_ports
+      END AS free_ports,
+      EXISTS (SELECT 1 FROM worker_instances i
+        WHERE i.worker_id = w.id AND i.coordinator_id IS NOT NULL) AS is_connected
     FROM workers w
     WHERE w.status = 'alive'
     ORDER BY route_count, w.authority`;
   return rows.map((row) => ({
     ...rowToRecord(row),
     routeCount: Number(row.route_count),
+    isConnected: Boolean(row.is_connected),
     freePorts: row.free_ports === null ? null : Number(row.free_ports),
   }));
 }

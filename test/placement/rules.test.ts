@@ -38,6 +38,7 @@ function portWorker(overrides: Partial<Candidate> = {}): Candidate {
     status: 'alive',
     generation: 1,
     routeCount: 0,
+    isConnected: true,
     freePorts: 10,
     ...overrides,
   };
@@ -234,6 +235,17 @@ describe('placement planner', () => {
       authorities.push(placed(await planner.place(request(), `r${i}`)).worker.authority);
     }
     assert.deepEqual(authorities, ['b', 'b', 'a', 'b']);
+  });
+
+  test('prefers connected workers over idle ones', async () => {
+    const idle = portWorker({ authority: 'idle', routeCount: 0, isConnected: false });
+    const busy = portWorker({ authority: 'busy', routeCount: 5 });
+    const { planner } = plannerFor([idle, busy]);
+    assert.equal(placed(await planner.place(request(), 'r1')).worker.authority, 'busy');
+
+    const full = portWorker({ authority: 'full', routeCount: 10, freePorts: 0 });
+    const fallback = plannerFor([idle, full]).planner;
+    assert.equal(placed(await fallback.place(request(), 'r2')).worker.authority, 'idle');
   });
 
   test('hands out the lowest free ports in order', async () => {
