@@ -139,7 +139,10 @@ export class WorkerService {
     const generation = (existing?.generation ?? 0) + 1;
     const status = existing?.status === 'draining' ? 'draining' : 'alive';
     await store.upsertWorker(tx.sql, { id: workerId, body, generation, status, at: tx.now });
-    await store.upsertInstance(tx.sql, { workerId, instanceId, generation, tokenHash: hash });
+    await store.upsertInstance(tx.sql, { workerId, instanceId, generation, tokenHash: hash, at: tx.now });
+    // Instances silent for a whole lost deadline are stopped processes, not members of the set.
+    const deadlineMs = this.#heartbeat.intervalMs * this.#heartbeat.misses;
+    await store.deleteStaleInstances(tx.sql, workerId, new Date(tx.now.getTime() - deadlineMs));
     const record = (await store.findWorkerRecord(tx.sql, workerId)) as store.WorkerRecord;
     tx.record({ type: 'worker.registered', worker_id: workerId, worker: subject(record, instanceId) });
     return { workerId, isNew: existing === null, generation };

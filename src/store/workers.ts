@@ -167,16 +167,33 @@ export async function upsertWorker(q: Queryable, registration: WorkerRegistratio
  */
 export async function upsertInstance(
   q: Queryable,
-  instance: { workerId: string; instanceId: string; generation: number; tokenHash: string },
+  instance: { workerId: string; instanceId: string; generation: number; tokenHash: string; at: Date },
 ): Promise<void> {
   await q`
-    INSERT INTO worker_instances (worker_id, instance_id, generation, session_token_hash)
+    INSERT INTO worker_instances (worker_id, instance_id, generation, session_token_hash, registered_at)
     VALUES (${instance.workerId}, ${instance.instanceId}, ${instance.generation},
-      ${instance.tokenHash})
+      ${instance.tokenHash}, ${instance.at})
     ON CONFLICT (worker_id, instance_id) DO UPDATE SET
       generation = EXCLUDED.generation, session_token_hash = EXCLUDED.session_token_hash,
-      coordinator_id = NULL, applied_revision = 0`;
+      coordinator_id = NULL, applied_revision = 0, registered_at = EXCLUDED.registered_at`;
   await refreshAppliedRevision(q, instance.workerId);
+}
+
+/**
+ * Deletes a worker's instances that have no session and have neither
+ * registered nor sent a heartbeat since `before`: processes that stopped,
+ * such as earlier runs of a worker that picks a new instance id each start.
+ *
+ * @returns how many were deleted.
+ */
+export async function deleteStaleInstances(q: Queryable, workerId: string, before: Date): Promise<number> {
+  const rows = await q`
+    DELETE FROM worker_instances
+    WHERE worker_id = ${workerId} AND coordinator_id IS NULL
+      AND GREATEST(registered_at, last_heartbeat_at) < ${before}
+    RETURNING instance_id`;
+  if (rows.length > 0) await refreshAppliedRevision(q, workerId);
+  return rows.length;
 }
 
 export async function setWorkerStatus(

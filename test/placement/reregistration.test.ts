@@ -79,3 +79,25 @@ describe('routes of a worker that registers again with another config', { skip }
     }
   });
 });
+
+describe('instances of stopped worker processes', { skip }, () => {
+  let coordinator: TestCoordinator;
+
+  // A short lost deadline (3 × 200 ms), so an instance goes stale within the test.
+  before(async () => {
+    coordinator = await startTestCoordinator({ APPPROXY_HEARTBEAT_INTERVAL_MS: '200' });
+  });
+  after(() => coordinator?.stop());
+
+  test('a registration drops instances silent past the deadline', async () => {
+    const first = await registerWorker(coordinator, 'restarted', { instance_id: 'run-1' });
+    await registerWorker(coordinator, 'restarted', { instance_id: 'run-2' });
+    const both = (await coordinator.api('GET', `/workers/${first.id}`)).body;
+    assert.deepEqual(both.instances.map((i: any) => i.instance_id), ['run-1', 'run-2']);
+
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    await registerWorker(coordinator, 'restarted', { instance_id: 'run-3' });
+    const now = (await coordinator.api('GET', `/workers/${first.id}`)).body;
+    assert.deepEqual(now.instances.map((i: any) => i.instance_id), ['run-3']);
+  });
+});
