@@ -114,7 +114,7 @@ and \`node --import tsx bench/profile-summary.ts FILE\` lists its functions by s
   whose jobs run one after another: BEGIN goes out with the lock on the revision counter and
   COMMIT with the last writes. Acks of many sessions share one transaction, and a
   coordinator does not read back its own commits after their \`NOTIFY\`. With 16 writers the
-  p99 moves with other load on the machine: 5.9–11.8 ms in three full runs on one machine.
+  p99 moves with other load on the machine: 5.3–11.8 ms in four full runs on one machine.
 - A snapshot streams through one cursor. Each route's JSON is stored by the write that last
   changed it, so PostgreSQL only adds the derived status, and the coordinator sends messages of
   about 512 KiB paced by the socket; its memory stays near one batch of rows and one message
