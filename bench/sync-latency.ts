@@ -2,7 +2,7 @@
 // ack, with 100 connected workers that have 50,000 routes between them. It runs
 // on the PostgreSQL of the test suites, against a coordinator in its own
 // process, stops by itself and prints its numbers.
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import postgres from 'postgres';
@@ -134,11 +134,11 @@ export async function measureLatency(
     dataDir,
     profileDir: process.env.BENCH_PROFILE_DIR,
   });
-  const writer = options.crossInstance
-    ? await startCoordinatorChild({
-        databaseUrl: db.url as string,
-        dataDir: await mkdtemp(path.join(tmpdir(), 'appproxy-bench-writer-')),
-      })
+  const writerDir = options.crossInstance
+    ? await mkdtemp(path.join(tmpdir(), 'appproxy-bench-writer-'))
+    : undefined;
+  const writer = writerDir
+    ? await startCoordinatorChild({ databaseUrl: db.url as string, dataDir: writerDir })
     : coordinator;
   const listener = postgres(db.url as string, { max: 1, onnotice: () => {} });
   try {
@@ -170,6 +170,7 @@ export async function measureLatency(
     if (writer !== coordinator) await writer.stop();
     await listener.end();
     await db.drop();
+    for (const dir of [dataDir, writerDir]) if (dir) await rm(dir, { recursive: true, force: true });
   }
 }
 

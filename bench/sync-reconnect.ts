@@ -5,7 +5,7 @@
 // coordinator's peak memory against its steady state with every session
 // open. PostgreSQL of the test suites, coordinator in its own process.
 // Stops by itself and prints its numbers.
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { insertRoutesSpread } from '../test/helpers/bulk-routes.ts';
@@ -105,6 +105,7 @@ export async function measureStorms(): Promise<StormFigures[]> {
     for (const worker of workers) worker.kill();
     await coordinator.stop();
     await db.drop();
+    await rm(dataDir, { recursive: true, force: true });
   }
 }
 

@@ -2,7 +2,7 @@
 // has applied the last chunk and sent its ack, the bytes on the wire, and the
 // coordinator's peak memory. It runs on the PostgreSQL of the test suites,
 // against a coordinator in its own process, stops by itself and prints its numbers.
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { insertRoutes } from '../test/helpers/bulk-routes.ts';
@@ -78,6 +78,7 @@ export async function measureSnapshot(): Promise<SnapshotFigures> {
     await worker.close();
     await coordinator.stop();
     await db.drop();
+    await rm(dataDir, { recursive: true, force: true });
   }
 }
 
