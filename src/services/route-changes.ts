@@ -6,6 +6,7 @@ import type {
 } from '../../proto/index.ts';
 import { BadRequestError, ConflictError, NoWorkerError, type AppError } from '../errors.ts';
 import type { Queryable } from '../store/database.ts';
+import * as routeStore from '../store/routes.ts';
 import type { Candidate } from '../store/workers.ts';
 import type { WriteTx } from '../store/writer.ts';
 import { explainNoWorker, findMismatch, type Placement, type PlacementRequest } from './placement.ts';
@@ -189,15 +190,10 @@ function compareText(a: string, b: string): number {
 }
 
 /**
- * Builds the error for a route no live worker can take. A `worker_id` naming
- * no worker is a 400; one naming a worker that is not alive, or one that does
- * not fit, is a 503 that explains why.
- */
-/**
- * Returns the route at the port or subdomain a request names, on a worker
- * that would take it but for being full, so a request that lost a race for an
- * address learns which route won. Returns null when the request names no
- * address or none is taken.
+ * Returns the id of the route at the port or subdomain a request names, on a
+ * worker that would take the route but is full, so a request that lost a race
+ * for an address learns which route won. Returns null when the request names
+ * no address or the address is free.
  */
 async function routeAtRequestedAddress(
   q: Queryable,
@@ -207,23 +203,29 @@ async function routeAtRequestedAddress(
   if (request.port === undefined && request.subdomain === undefined) return null;
   const full = alive.filter((worker) => findMismatch(worker, request) === 'full');
   for (const worker of full) {
-    const rows = request.port === undefined
-      ? await q`SELECT id FROM routes WHERE worker_id = ${worker.id} AND subdomain = ${request.subdomain as string}`
-      : await q`SELECT id FROM routes WHERE worker_id = ${worker.id} AND port = ${request.port}`;
-    if (rows.length > 0) return String(rows[0].id);
+    const holderId = request.port === undefined
+      ? await routeStore.routeIdAtSubdomain(q, worker.id, request.subdomain as string)
+      : await routeStore.routeIdAtPort(q, worker.id, request.port);
+    if (holderId !== null) return holderId;
   }
   return null;
 }
 
+/**
+ * Builds the error for a route no live worker can take. A port or subdomain
+ * taken on a worker that is otherwise eligible but full is a 409 naming the
+ * route holding it. A `worker_id` naming no worker is a 400; one naming a
+ * worker that is not alive, or one that does not fit, is a 503 that explains why.
+ */
 export async function noWorkerError(
   q: Queryable,
   alive: Candidate[],
   request: PlacementRequest,
 ): Promise<AppError> {
   const isPinnedAlive = alive.some((worker) => worker.id === request.workerId);
-  const taken = await routeAtRequestedAddress(q, alive, request);
-  if (taken !== null) {
-    return new ConflictError(`The requested address is taken by route ${taken}.`, taken);
+  const holderId = await routeAtRequestedAddress(q, alive, request);
+  if (holderId !== null) {
+    return new ConflictError(`The requested address is taken by route ${holderId}.`, holderId);
   }
   if (request.workerId === undefined || isPinnedAlive) {
     return new NoWorkerError(explainNoWorker(alive, request));

@@ -126,12 +126,12 @@ export class CreateBatcher {
    * large worker for one route would cost more than it saves.
    */
   async #createAlone(tx: WriteTx, body: CreateRouteBody): Promise<{ outcomes: Outcome[] }> {
-    const recordedBefore = tx.changes.length;
+    const writesBefore = tx.writeCount;
     try {
       return { outcomes: [{ ok: true, value: await this.#createOne(tx, body) }] };
     } catch (error) {
       // Failing before its first write leaves the transaction usable by the other jobs.
-      const isClean = error instanceof AppError && tx.changes.length === recordedBefore;
+      const isClean = error instanceof AppError && tx.writeCount === writesBefore;
       if (isClean) return { outcomes: [{ ok: false, error }] };
       throw error;
     }

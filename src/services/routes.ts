@@ -222,7 +222,7 @@ interface SubdomainReadAhead {
 }
 
 /** Returns the id of the route at `subdomain` on a worker, from the read-ahead when it has it. */
-function routeIdAtSubdomain(
+function routeAtSubdomain(
   q: Queryable,
   workerId: string,
   subdomain: string,
@@ -287,7 +287,7 @@ async function placeOnSubdomain(
 ): Promise<Placement> {
   let takenBy: string | null = null;
   for (const worker of candidates) {
-    takenBy = await routeIdAtSubdomain(q, worker.id, subdomain, readAhead);
+    takenBy = await routeAtSubdomain(q, worker.id, subdomain, readAhead);
     if (takenBy === null) return placementAt(worker, request.protocol, { port: null, subdomain });
   }
   throw new ConflictError(
@@ -308,7 +308,7 @@ async function placeAnywhere(
     return port === null ? null : placementAt(worker, request.protocol, { port, subdomain: null });
   }
   for (const subdomain of subdomainChoices(request)) {
-    if ((await routeIdAtSubdomain(q, worker.id, subdomain, readAhead)) === null) {
+    if ((await routeAtSubdomain(q, worker.id, subdomain, readAhead)) === null) {
       return placementAt(worker, request.protocol, { port: null, subdomain });
     }
   }

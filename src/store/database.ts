@@ -8,31 +8,41 @@ export type ReservedSql = postgres.ReservedSql<Record<string, unknown>>;
 /** The pool, an open transaction or a reserved connection. */
 export type Queryable = Sql | TransactionSql | ReservedSql;
 
+/** Attempts of a pipelined transaction whose BEGIN failed, so nothing of it ran. */
+const BEGIN_ATTEMPTS = 3;
+
 /**
  * Runs a transaction on a reserved connection without round trips of its
  * own: BEGIN goes out with the first statement `body` sends, and COMMIT with
  * the statements `body` returns still in flight. The first failure among
  * them fails the whole, because PostgreSQL turns a COMMIT after a failed
- * statement into a rollback.
+ * statement into a rollback. When BEGIN itself fails, as on a pooled
+ * connection the server has just closed, nothing ran, so `body` runs again
+ * on another connection, up to three times in all.
  */
 export async function pipelinedTransaction<T>(
   sql: Sql,
   body: (tx: ReservedSql) => Promise<{ value: T; inFlight: Array<Promise<unknown>> }>,
 ): Promise<T> {
-  const tx = await sql.reserve();
-  try {
-    const begun = tx`BEGIN`.execute();
-    begun.catch(() => {});
-    const { value, inFlight } = await body(tx);
-    const results = await Promise.allSettled([begun, ...inFlight, tx`COMMIT`]);
-    const failed = results.find((result) => result.status === 'rejected');
-    if (failed) throw failed.reason;
-    return value;
-  } catch (error) {
-    await tx`ROLLBACK`.catch(() => {});
-    throw error;
-  } finally {
-    tx.release();
+  for (let attempt = 1; ; attempt++) {
+    const tx = await sql.reserve();
+    let hasBegun = true;
+    try {
+      const begun = tx`BEGIN`.execute();
+      begun.catch(() => {
+        hasBegun = false;
+      });
+      const { value, inFlight } = await body(tx);
+      const results = await Promise.allSettled([begun, ...inFlight, tx`COMMIT`]);
+      const failed = results.find((result) => result.status === 'rejected');
+      if (failed) throw failed.reason;
+      return value;
+    } catch (error) {
+      await tx`ROLLBACK`.catch(() => {});
+      if (hasBegun || attempt >= BEGIN_ATTEMPTS) throw error;
+    } finally {
+      tx.release();
+    }
   }
 }
 

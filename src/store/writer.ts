@@ -52,6 +52,11 @@ export class WriteTx {
     this.now = now;
   }
 
+  /** Changes recorded and writes sent so far, to tell whether a failed job wrote anything. */
+  get writeCount(): number {
+    return this.changes.length + this.sent.length;
+  }
+
   /** The last revision handed out, or the stored one before any. */
   get revision(): number {
     return this.#revision;
@@ -247,8 +252,6 @@ export class Writer {
   readonly #options: WriterOptions;
   #queue: QueuedJob[] = [];
   #isRunning = false;
-  /** Whether the running transaction has announced its COMMIT. */
-  #announced = false;
 
   constructor(sql: Sql, options: WriterOptions) {
     this.#sql = sql;
@@ -310,36 +313,33 @@ export class Writer {
 
   /** Runs a batch in one transaction, with no round trips for BEGIN and COMMIT. */
   #commit(batch: QueuedJob[]): Promise<{ outcomes: Outcome[]; changes: ChangeRecord[] }> {
+    let isAnnounced = false;
     return pipelinedTransaction(this.#sql, async (sql) => {
       const [meta] = await sql`SELECT revision, epoch FROM meta FOR UPDATE`;
       const tx = new WriteTx(sql, Number(meta.revision), String(meta.epoch), new Date());
       const outcomes: Outcome[] = [];
       for (const queued of batch) outcomes.push(await runJob(tx, queued));
       const finished = tx.finish();
-      if (tx.changes.length > 0) this.#announce(tx.revision);
+      if (tx.changes.length > 0) {
+        isAnnounced = true;
+        this.#options.onCommitting?.(tx.revision);
+      }
       return { value: { outcomes, changes: tx.changes }, inFlight: [...tx.sent, finished] };
     }).catch((error) => {
-      if (this.#announced) this.#options.onCommitFailed?.();
+      if (isAnnounced) this.#options.onCommitFailed?.();
       throw error;
-    }).finally(() => {
-      this.#announced = false;
     });
-  }
-
-  #announce(revision: number): void {
-    this.#announced = true;
-    this.#options.onCommitting?.(revision);
   }
 }
 
 async function runJob(tx: WriteTx, queued: QueuedJob): Promise<Outcome> {
   if (queued.isSettled) return { ok: false, error: new DatabaseUnavailableError() };
-  const recordedBefore = tx.changes.length;
+  const writesBefore = tx.writeCount;
   try {
     return { ok: true, value: await queued.job(tx) };
   } catch (error) {
     // A job that failed before writing leaves the transaction usable for the rest.
-    const isClean = error instanceof AppError && tx.changes.length === recordedBefore;
+    const isClean = error instanceof AppError && tx.writeCount === writesBefore;
     if (isClean) return { ok: false, error };
     throw error;
   }
